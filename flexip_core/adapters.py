@@ -52,5 +52,9 @@ class PersonalizationAdapter(nn.Module):
         self.resampler_text = _resampler(config, config.width)
 
     def forward(self, text_embeds, clip_embeds):
-        """text_embeds [B, N_T, text_dim] (any N_T), clip_embeds [B, clip_dim] -> S [B, N_T, context_dim]."""
-        return self.resampler_text(self.text_in(text_embeds), self.clip_tokens(clip_embeds))
+        """text_embeds [B, N_T, text_dim] (any N_T), clip_embeds [B, clip_dim] or, for several
+        references, [B, R, clip_dim] -> S [B, N_T, context_dim]."""
+        subject = self.clip_tokens(clip_embeds)
+        if subject.ndim == 4:  # [B, R, N_C, width]: the text attends to all references' tokens
+            subject = subject.flatten(1, 2)
+        return self.resampler_text(self.text_in(text_embeds), subject)

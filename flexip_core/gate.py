@@ -16,6 +16,8 @@ INITIAL_ALPHA_BETA = 0.9
 class TrainingGate(nn.Module):
     def __init__(self, initial=INITIAL_ALPHA_BETA):
         super().__init__()
+        if not 0.0 < initial < 1.0:
+            raise ValueError(f"initial alpha/beta must lie strictly between 0 and 1, got {initial}")
         logit = math.log(initial / (1.0 - initial))
         self.alpha_logit = nn.Parameter(torch.tensor(logit))
         self.beta_logit = nn.Parameter(torch.tensor(logit))

@@ -25,9 +25,11 @@ def _branch_attention(q, branch, chunk_kinds, heads, attention):
     Chunks can differ in token count (a long prompt against a short negative), so each chunk
     has its own call; K and V [1 or b, N, inner] broadcast over the chunk's batch.
     """
+    if q.shape[0] % len(chunk_kinds):
+        raise ValueError(f"a batch of {q.shape[0]} does not split into {len(chunk_kinds)} equal chunks")
     outs = []
     for q_chunk, kind in zip(q.chunk(len(chunk_kinds)), chunk_kinds):
-        k, v = (t.to(q.dtype).expand(q_chunk.shape[0], -1, -1) for t in branch[kind])
+        k, v = (t.to(q).expand(q_chunk.shape[0], -1, -1) for t in branch[kind])
         outs.append(attention(q_chunk, k, v, heads))
     return torch.cat(outs)
 
@@ -36,12 +38,15 @@ def gated_attention(q, base, branch_p, branch_s, gamma, strength, heads, chunk_k
                     attention=attention_heads):
     """q, base: [B, Nq, inner], B made of len(chunk_kinds) equal chunks in ComfyUI's
     cond_or_uncond order. branch_p, branch_s: {COND: (K, V), UNCOND: (K, V)}.
-    A branch whose weight is 0 is not computed; strength 0 returns `base` itself.
+    gamma: a number (inference), or a tensor [B] of per-sample gammas (training's gate).
+    A branch whose weight is the number 0 is not computed; strength 0 returns `base` itself.
     """
-    if strength == 0:
+    if isinstance(strength, (int, float)) and strength == 0:
         return base
+    if torch.is_tensor(gamma):
+        gamma = gamma.to(q).view(-1, 1, 1)
     out = base
     for weight, branch in ((gamma, branch_p), (1.0 - gamma, branch_s)):
-        if weight != 0:
+        if torch.is_tensor(weight) or weight != 0:
             out = out + (strength * weight) * _branch_attention(q, branch, chunk_kinds, heads, attention)
     return out

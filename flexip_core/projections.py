@@ -43,11 +43,14 @@ class LayerProjections(nn.Module):
         missing = set(self.keys) - set(to_k_to_v)
         if missing:
             raise ValueError(f"no to_k / to_v given for layers {sorted(missing)}")
-        for key in self.keys:
+        pairs = []
+        for key in self.keys:  # check every shape before copying anything
             to_k, to_v = to_k_to_v[key]
             layer = self[key]
             for linear, weight in ((layer.to_k_p, to_k), (layer.to_k_s, to_k), (layer.to_v_p, to_v), (layer.to_v_s, to_v)):
                 if linear.weight.shape != weight.shape:
                     raise ValueError(f"layer {key}: UNet weight has shape {tuple(weight.shape)}, "
                                      f"FlexIP expects {tuple(linear.weight.shape)}")
-                linear.weight.copy_(weight)
+                pairs.append((linear, weight))
+        for linear, weight in pairs:
+            linear.weight.copy_(weight)

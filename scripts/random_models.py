@@ -68,3 +68,87 @@ def dinov2_large(seed=1):
                 sd[k] = torch.randn_like(sd[k]) * 0.02
         return _check_norms(sd)
     return _cached("clip_vision", "dinov2-large", build)
+
+
+def _randomise(module, generator):
+    """Fill every float tensor: weights ~ N(0, 1/fan_in), 1-D norm scales ~ 1 + N(0, 0.1), biases small.
+
+    ComfyUI's disable_weight_init layers start uninitialised, and a zero-initialised output
+    layer or norm would make every image identical whatever the conditioning.
+    """
+    with torch.no_grad():
+        for name, t in module.state_dict(keep_vars=True).items():
+            if not t.is_floating_point():
+                continue
+            if t.ndim >= 2:
+                t.copy_(torch.randn(t.shape, generator=generator) * (t[0].numel() ** -0.5))
+            elif name.endswith("bias"):
+                t.copy_(torch.randn(t.shape, generator=generator) * 0.02)
+            else:
+                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=generator))
+
+
+def sd15_checkpoint(seed=2):
+    """An SD1.5 checkpoint (UNet, VAE, CLIP ViT-L text encoder) as one safetensors file, in the
+    original key layout, built with ComfyUI's own classes (needs ComfyUI importable)."""
+    def build():
+        import yaml
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        import comfy.ops
+        from comfy.ldm.models.autoencoder import AutoencoderKL
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+        from comfy.model_detection import convert_config
+
+        comfy_dir = Path(comfy.ops.__file__).parent
+        params = yaml.safe_load((comfy_dir.parent / "models/configs/v1-inference.yaml").read_text())["model"]["params"]
+        unet_params = convert_config({k: v for k, v in params["unet_config"]["params"].items()
+                                      if k not in ("use_checkpoint", "legacy")})
+        g = torch.Generator().manual_seed(seed)
+        unet = UNetModel(**unet_params, operations=comfy.ops.disable_weight_init)
+        vae = AutoencoderKL(ddconfig=params["first_stage_config"]["params"]["ddconfig"], embed_dim=4)
+        text = CLIPTextModel(CLIPTextConfig.from_json_file(comfy_dir / "sd1_clip_config.json"))
+        for module in (unet, vae, text):
+            _randomise(module, g)
+        _check_text_matters(unet)
+        sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+        sd.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
+        sd.update({f"cond_stage_model.transformer.{k}": v for k, v in text.state_dict().items()
+                   if not k.endswith("position_ids")})
+        return sd
+    return _cached("checkpoints", "sd15", build)
+
+
+@torch.no_grad()
+def _check_text_matters(unet):
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    a = unet(x, t, context=torch.randn(1, 77, 768))
+    b = unet(x, t, context=torch.randn(1, 77, 768))
+    assert torch.isfinite(a).all() and not torch.allclose(a, b), "random UNet ignores its text conditioning"
+
+
+def flexip_sd15(seed=3):
+    """A FlexIP(sd15) file as training would start it: random adapters, per-layer projections
+    initialised from the random SD1.5 checkpoint's own to_k / to_v."""
+    path = MODELS / "flexip" / f"flexip-sd15.random-{RECIPE}.safetensors"
+    if not path.exists():
+        from safetensors import safe_open
+
+        from flexip_core import SD15, FlexIP
+        from flexip_core.weights import save_flexip
+        torch.manual_seed(seed)
+        model = FlexIP(SD15)
+        with safe_open(sd15_checkpoint(), "pt") as f:
+            model.projections.init_from_unet({key: tuple(
+                f.get_tensor(f"model.diffusion_model.{_unet_attn2(key)}.{proj}.weight").float()
+                for proj in ("to_k", "to_v")) for key in model.projections.keys})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_flexip(model, path, {"note": "random-initialised test weights: no training"})
+    return path
+
+
+def _unet_attn2(key):
+    """('input', 1, 0) -> the checkpoint's key prefix of that layer's attn2 (SD1.5 layout)."""
+    block, index, t = key
+    prefix = {"input": f"input_blocks.{index}.1", "middle": "middle_block.1", "output": f"output_blocks.{index}.1"}[block]
+    return f"{prefix}.transformer_blocks.{t}.attn2"

@@ -170,7 +170,7 @@ def test_missing_layer_raises_naming_the_layer(key):
     assert _names_layer(str(info.value), key), str(info.value)
 
 
-def test_missing_layer_raises_before_touching_weights():
+def test_missing_layer_raises_before_any_copy():
     projections = LayerProjections(TINY)
     before = {k: v.clone() for k, v in projections.state_dict().items()}
     weights = unet_weights(TINY)

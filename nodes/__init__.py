@@ -1,0 +1,20 @@
+"""ComfyUI nodes: thin glue from ComfyUI's types to flexip_core."""
+from .adapters import PersonalizationAdapter, PreservationAdapter
+from .apply import GatedApply
+from .loader import FlexIPLoader
+from .reference import ReferenceEncoder
+
+NODE_CLASS_MAPPINGS = {
+    "FlexIPLoader": FlexIPLoader,
+    "FlexIPReferenceEncoder": ReferenceEncoder,
+    "FlexIPPreservationAdapter": PreservationAdapter,
+    "FlexIPPersonalizationAdapter": PersonalizationAdapter,
+    "FlexIPGatedApply": GatedApply,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FlexIPLoader": "FlexIP Loader",
+    "FlexIPReferenceEncoder": "FlexIP Reference Encoder",
+    "FlexIPPreservationAdapter": "FlexIP Preservation Adapter",
+    "FlexIPPersonalizationAdapter": "FlexIP Personalization Adapter",
+    "FlexIPGatedApply": "FlexIP Gated Apply",
+}

@@ -1,0 +1,54 @@
+"""FlexIPLoader: a FlexIP weight file from models/flexip."""
+import os
+
+import folder_paths
+
+from ..flexip_core.weights import FlexIPWeightError, load_flexip
+from .errors import FlexIPInputError
+
+FOLDER = "flexip"
+# Registered at import, beside any "flexip:" entries of the user's extra_model_paths.yaml.
+folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+_cache = {}  # full path -> (modification time, FlexIP)
+
+
+def load_cached(path):
+    mtime = os.path.getmtime(path)
+    cached = _cache.get(path)
+    if cached is None or cached[0] != mtime:
+        _cache[path] = (mtime, load_flexip(path))
+    return _cache[path][1]
+
+
+class FlexIPLoader:
+    CATEGORY = "FlexIP"
+    DESCRIPTION = ("Loads FlexIP weights (a .safetensors file in models/flexip). No official FlexIP "
+                   "weights exist: train them with this pack's training code.")
+    RETURN_TYPES = ("FLEXIP",)
+    RETURN_NAMES = ("flexip",)
+    OUTPUT_TOOLTIPS = ("The FlexIP adapters and per-layer projections, with the configuration they were trained with.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "flexip_name": (folder_paths.get_filename_list(FOLDER), {
+                "tooltip": "A FlexIP weight file in models/flexip (or a 'flexip:' folder of extra_model_paths.yaml)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, flexip_name):
+        # A file replaced under the same name is loaded again.
+        path = folder_paths.get_full_path(FOLDER, flexip_name)
+        return os.path.getmtime(path) if path else ""
+
+    def load(self, flexip_name):
+        path = folder_paths.get_full_path(FOLDER, flexip_name)
+        if path is None:
+            raise FlexIPInputError("FlexIPLoader", "flexip_name", f"no file '{flexip_name}' in models/flexip.",
+                                   "put the FlexIP .safetensors file in ComfyUI/models/flexip and refresh (press R).")
+        try:
+            return (load_cached(path),)
+        except FlexIPWeightError as e:
+            raise FlexIPInputError("FlexIPLoader", "flexip_name", str(e), "choose a FlexIP weight file.") from e

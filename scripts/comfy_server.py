@@ -1,0 +1,102 @@
+"""Start the pinned ComfyUI test host as a real server on 127.0.0.1, for tests and the demo.
+
+The server sees the model files under .host/models through an extra_model_paths.yaml written
+here (the same mechanism a user's own ComfyUI offers), writes its outputs and logs under
+.host/run/, and runs on the CPU.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import flexip_client
+import host
+
+RUN = host.HOST / "run"
+MODELS = host.HOST / "models"
+MODEL_FOLDERS = ("checkpoints", "clip_vision", "flexip")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_model_paths():
+    """An extra_model_paths.yaml that adds .host/models/<folder> to each ComfyUI model folder."""
+    lines = ["flexip_test_host:", f"  base_path: {MODELS}"]
+    lines += [f"  {folder}: {folder}" for folder in MODEL_FOLDERS]
+    path = RUN / "extra_model_paths.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ComfyServer:
+    def __init__(self, port=None, verbose=False):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.verbose = verbose
+        self.process = None
+        self.log_path = RUN / f"server-{self.port}.log"
+
+    def start(self, timeout=120):
+        for folder in ("input", "output", "user"):
+            (RUN / folder).mkdir(parents=True, exist_ok=True)
+        for folder in MODEL_FOLDERS:
+            (MODELS / folder).mkdir(parents=True, exist_ok=True)
+        args = [str(host.PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--disable-auto-launch", "--extra-model-paths-config", str(write_model_paths()),
+                "--output-directory", str(RUN / "output"), "--input-directory", str(RUN / "input"),
+                "--user-directory", str(RUN / "user")]
+        if self.verbose:
+            args += ["--verbose", "DEBUG"]
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(args, cwd=host.COMFYUI, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self.process:
+            self.log.close()
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def client(self):
+        return flexip_client.Client(self.url)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+if __name__ == "__main__":
+    # Serve until interrupted: python3 scripts/comfy_server.py [port]
+    server = ComfyServer(int(sys.argv[1]) if len(sys.argv) > 1 else 8188).start()
+    print(f"ComfyUI with comfyui-flexip at {server.url} (log: {server.log_path})", flush=True)
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
