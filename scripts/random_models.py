@@ -152,3 +152,39 @@ def _unet_attn2(key):
     block, index, t = key
     prefix = {"input": f"input_blocks.{index}.1", "middle": "middle_block.1", "output": f"output_blocks.{index}.1"}[block]
     return f"{prefix}.transformer_blocks.{t}.attn2"
+
+
+def sdxl_shaped_unet(seed=4):
+    """A UNet-only file that ComfyUI detects as SDXL-family (Segmind Vega's layout: SDXL's blocks,
+    2048-wide context, fewer transformer layers), for testing that FlexIP refuses non-SD1.5 models."""
+    def build():
+        import comfy.ops
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+        from comfy.model_detection import model_config_from_unet
+
+        unet = UNetModel(
+            image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+            channel_mult=[1, 2, 4], transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_middle=1,
+            transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], context_dim=2048, use_linear_in_transformer=True,
+            adm_in_channels=2816, num_classes="sequential", num_head_channels=64, num_heads=-1,
+            use_spatial_transformer=True, legacy=False, operations=comfy.ops.disable_weight_init)
+        _randomise(unet, torch.Generator().manual_seed(seed))
+        sd = unet.state_dict()
+        detected = type(model_config_from_unet(sd, "")).__name__
+        assert detected == "Segmind_Vega", f"ComfyUI detects this UNet as {detected}"
+        return sd
+    return _cached("diffusion_models", "sdxl-shaped-unet", build)
+
+
+def misnamed_dinov2():
+    """DINOv2-L as transformers 5 saves it (attention.q_proj ...): ComfyUI loads it with missing
+    weights and only logs a warning, so the encoder's output is garbage."""
+    def build():
+        from safetensors.torch import load_file
+
+        from flexip_core.encoders import DINOV2_HUB_TO_TRANSFORMERS5
+        sd = load_file(dinov2_large())
+        for hub, new in DINOV2_HUB_TO_TRANSFORMERS5:
+            sd = {k.replace(hub, new): v for k, v in sd.items()}
+        return sd
+    return _cached("clip_vision", "dinov2-large-transformers5-names", build)

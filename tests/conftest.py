@@ -19,3 +19,78 @@ def comfy():
     import comfy.clip_vision
     import comfy.model_management
     return comfy
+
+
+# --- The real host: one ComfyUI server per test session, shared by every test that needs it. ---
+
+TEST_LATENT = 64   # pixels: an 8 x 8 latent keeps a full-shape SD1.5 run to seconds on a CPU
+TEST_STEPS = 2
+
+
+@pytest.fixture(scope="session")
+def model_files(comfy):
+    """Full-shape random model files (cached in .host/models), by their names in ComfyUI."""
+    import random_models
+    return {"checkpoint": random_models.sd15_checkpoint().name,
+            "clip_vision": random_models.clip_vit_h().name,
+            "dino": random_models.dinov2_large().name,
+            "flexip": random_models.flexip_sd15().name}
+
+
+@pytest.fixture(scope="session")
+def server(model_files):
+    """The pinned ComfyUI on 127.0.0.1 with this pack in custom_nodes, logging at DEBUG (the
+    FlexIP patches log each call there)."""
+    from comfy_server import ComfyServer
+    test_nodes = COMFYUI / "custom_nodes" / "flexip_test_only_nodes"
+    if not test_nodes.is_symlink():
+        test_nodes.symlink_to(REPO / "tests" / "host" / "test_only_nodes", target_is_directory=True)
+    srv = ComfyServer(verbose=True).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def reference_image(client, tmp_path_factory):
+    """A textured, non-square reference image uploaded to the server; its LoadImage name."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    pixels = (rng.rand(120, 96, 3) * 255).astype("uint8")
+    path = tmp_path_factory.mktemp("reference") / "flexip_test_reference.png"
+    Image.fromarray(pixels).save(path)
+    return client.upload_image(path)
+
+
+def load_api_workflow(name):
+    import json
+    return json.loads((REPO / "example_workflows" / "api" / name).read_text())
+
+
+@pytest.fixture(scope="session")
+def test_prompt(model_files, reference_image):
+    """make(name, **overrides) -> the shipped API workflow `name`, pointed at the test model files,
+    at a small latent and few steps."""
+    import flexip_client
+
+    def make(name="flexip_basic_api.json", gamma=None, seed=1):
+        prompt = flexip_client.override(load_api_workflow(name), image=reference_image, gamma=gamma, seed=seed)
+        for node in prompt.values():
+            inputs = node["inputs"]
+            if node["class_type"] == "CheckpointLoaderSimple":
+                inputs["ckpt_name"] = model_files["checkpoint"]
+            elif node["class_type"] == "CLIPVisionLoader":
+                inputs["clip_name"] = model_files["dino" if "dino" in inputs["clip_name"] else "clip_vision"]
+            elif node["class_type"] == "FlexIPLoader":
+                inputs["flexip_name"] = model_files["flexip"]
+            elif node["class_type"] == "EmptyLatentImage":
+                inputs.update(width=TEST_LATENT, height=TEST_LATENT)
+            elif node["class_type"] == "KSampler":
+                inputs["steps"] = TEST_STEPS
+        return prompt
+    return make

@@ -1,0 +1,463 @@
+#!/usr/bin/env python
+"""Benchmark: what FlexIP costs at sampling time, in one process, same seed.
+
+1. Time of one UNet forward as the sampler calls it (cond + uncond in one batch), with and
+   without GatedApply, and gamma=0.5 (both branches) against gamma=1 (P branch only).
+2. Time of ReferenceEncoder.encode (CLIP ViT-H + DINOv2-L) and of the two adapters.
+3. Peak memory (process RSS), the bytes of FlexIP's precomputed K/V in the patches, and of
+   the FlexIP module.
+
+The nodes are the pack's real classes, imported as a package the way ComfyUI imports a custom
+node folder; the models are the full-shape random files of scripts/random_models.py (speed
+and memory do not depend on the weights' values).
+
+How a step is timed: each measurement is one call of comfy.sample.sample (what KSampler runs)
+with 1 euler step, cfg 7.5, so ComfyUI itself batches cond + uncond, builds transformer_options
+(cond_or_uncond, sigmas, patches_replace) and calls BaseModel.apply_model. A
+model_function_wrapper set on the base model (GatedApply keeps it when it clones) times exactly
+that apply_model call (synchronising first if on a GPU); the wall time of the whole sample()
+call (setup + CFG + euler) is reported beside it. Conditions run interleaved, the order reversed
+every round (ABC CBA ABC ...), after warm-up rounds that are not counted; medians are reported.
+
+Run:  .host/venv/bin/python benchmarks/gated_apply.py [--steps 7] [--latent 64] [--threads N]
+"""
+import argparse
+import contextlib
+import gc
+import importlib.util
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMFYUI = REPO / ".host" / "ComfyUI"
+PACKAGE = "comfyui_flexip"
+PROMPT = "a photo of a dog on a beach, high quality"
+NEGATIVE = "blurry, low quality"
+T_START = time.perf_counter()
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=7, help="timed UNet steps per condition (default 7)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px images)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--gammas", default="0.5,1.0", help="gammas to time with FlexIP on (default 0.5,1.0)")
+    p.add_argument("--ref-runs", type=int, default=3, help="timed ReferenceEncoder / adapter runs (default 3)")
+    p.add_argument("--replay-reps", type=int, default=5, help="replays of each captured patch call (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
+                   help="torch.profiler on one step of off and gamma=0.5 (auto: when the ratio is above 1.03)")
+    return p.parse_args()
+
+
+# --- host --------------------------------------------------------------------------------------
+
+def import_host(threads):
+    sys.path[:0] = [str(COMFYUI), str(REPO / "scripts")]
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    import comfy.cli_args
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+    import comfy.clip_vision
+    import comfy.model_management
+    import comfy.sample
+    import comfy.sd
+    import folder_paths
+    return torch, comfy, folder_paths
+
+
+def import_pack():
+    """The pack as ComfyUI's nodes.load_custom_node imports a custom node folder: its __init__.py
+    executed as a package (ComfyUI names it after the folder's path; here PACKAGE)."""
+    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_files(folder_paths):
+    """Builds (or finds, cached) the random full-shape files; registers their folders with ComfyUI."""
+    sys.path.insert(0, str(REPO))  # random_models imports flexip_core when it has to build a file
+    import random_models
+    files = {"checkpoints": random_models.sd15_checkpoint(), "clip_vit_h": random_models.clip_vit_h(),
+             "dinov2": random_models.dinov2_large(), "flexip": random_models.flexip_sd15()}
+    for folder, key in (("checkpoints", "checkpoints"), ("clip_vision", "clip_vit_h"), ("flexip", "flexip")):
+        folder_paths.add_model_folder_path(folder, str(files[key].parent))
+    return files
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def rss_mib(field):
+    """VmRSS (now) or VmHWM (peak so far) of this process, MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def tensor_bytes(tensors):
+    """Bytes of the distinct storages behind tensors (views and aliases counted once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def module_bytes(module):
+    return tensor_bytes(list(module.parameters()) + list(module.buffers()))
+
+
+def walk_tensors(obj):
+    import torch
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from walk_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from walk_tensors(v)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs):
+    return (max(xs) - min(xs)) / 2 if len(xs) > 1 else 0.0
+
+
+class Clock:
+    def __init__(self, torch, device):
+        self.torch, self.cuda = torch, device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def __call__(self, fn, *args, **kwargs):
+        self.sync()
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.sync()
+        return out, time.perf_counter() - t
+
+
+class UNetTimer:
+    """model_function_wrapper: times BaseModel.apply_model as calc_cond_batch calls it."""
+
+    def __init__(self, clock):
+        self.clock, self.label, self.times, self.calls = clock, None, {}, []
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone() deepcopies model_options: every clone shares this timer
+
+    def __call__(self, apply_model, args):
+        out, dt = self.clock(apply_model, args["input"], args["timestep"], **args["c"])
+        self.calls.append((self.label, tuple(args["input"].shape), list(args["cond_or_uncond"])))
+        if self.label is not None:
+            self.times.setdefault(self.label, []).append(dt)
+        return out
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+def main():
+    args = parse_args()
+    torch, comfy, folder_paths = import_host(args.threads)
+    pack = import_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    apply_mod = sys.modules[f"{PACKAGE}.nodes.apply"]
+    device = comfy.model_management.get_torch_device()
+    clock = Clock(torch, device)
+    files = model_files(folder_paths)
+    rows = []  # (section, item, value)
+    notes = []
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"attention {comfy.ldm.modules.attention.optimized_attention.__name__}, load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+
+    with torch.inference_mode():  # ComfyUI's executor runs every node under inference_mode
+        # FlexIPLoader
+        (flexip,), t_load = clock(nodes["FlexIPLoader"]().load, files["flexip"].name)
+        rows.append(("load", "FlexIPLoader.load", f"{t_load:.2f} s"))
+
+        # ReferenceEncoder: CLIPVisionLoader-equivalent loads, then encode a 512x512 image.
+        clip_vision = comfy.clip_vision.load(str(files["clip_vit_h"]))
+        dino = comfy.clip_vision.load(str(files["dinov2"]))
+        g = torch.Generator().manual_seed(args.seed)
+        image = torch.rand(1, 512, 512, 3, generator=g)  # ComfyUI IMAGE: [B, H, W, C] in [0, 1]
+        encoder = nodes["FlexIPReferenceEncoder"]()
+        ref_times = []
+        for i in range(1 + args.ref_runs):  # the first run loads the encoders onto the device
+            (reference,), dt = clock(encoder.encode, flexip, image, clip_vision, dino, "center", "average")
+            ref_times.append(dt)
+        rows.append(("reference", "ReferenceEncoder.encode, first run", f"{ref_times[0]:.2f} s"))
+        rows.append(("reference", f"ReferenceEncoder.encode, median of {args.ref_runs}",
+                     f"{median(ref_times[1:]):.2f} s (+/- {spread(ref_times[1:]):.2f})"))
+        # The two encoders alone, as the node runs them (to split the node's time).
+        from importlib import import_module
+        ref_mod = import_module(f"{PACKAGE}.nodes.reference")
+        pre = import_module(f"{PACKAGE}.flexip_core.preprocess")
+        enc = import_module(f"{PACKAGE}.flexip_core.encoders")
+        for name, cv, fn, spec in (("CLIP ViT-H 224 px", clip_vision, enc.comfy_clip_embeds, flexip.config.clip),
+                                   ("DINOv2-L 224 px", dino, enc.comfy_dino_patches, flexip.config.dino)):
+            pixels = pre.preprocess_reference(image, spec, "center", None)
+            ts = [clock(ref_mod.run_encoder, cv, fn, spec, pixels)[1] for _ in range(args.ref_runs)]
+            rows.append(("reference", f"  of which {name}, median", f"{median(ts):.2f} s"))
+        hwm_encoders = rss_mib("VmHWM")
+        comfy.model_management.unload_all_models()
+        del clip_vision, dino
+        comfy.model_management.cleanup_models()
+        gc.collect()
+        comfy.model_management.soft_empty_cache()
+
+        # Checkpoint and prompts (CheckpointLoaderSimple / CLIPTextEncode equivalents).
+        (model, clip, _vae, _), t_ckpt = clock(comfy.sd.load_checkpoint_guess_config, str(files["checkpoints"]),
+                                               output_vae=True, output_clip=True,
+                                               embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        rows.append(("load", "load_checkpoint_guess_config (SD1.5)", f"{t_ckpt:.2f} s"))
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
+        negative = clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE))
+        del clip, _vae
+        gc.collect()
+
+        # Adapters.
+        pres, pers = nodes["FlexIPPreservationAdapter"](), nodes["FlexIPPersonalizationAdapter"]()
+        tp, ts = [], []
+        for i in range(1 + args.ref_runs):
+            (P,), dt = clock(pres.apply, flexip, reference)
+            tp.append(dt)
+            (S,), dt = clock(pers.apply, flexip, reference, positive, negative)
+            ts.append(dt)
+        rows.append(("adapters", f"PreservationAdapter.apply (cond+uncond), median of {args.ref_runs}",
+                     f"{median(tp[1:]) * 1e3:.0f} ms (first {tp[0] * 1e3:.0f} ms)"))
+        rows.append(("adapters", f"PersonalizationAdapter.apply (cond+uncond), median of {args.ref_runs}",
+                     f"{median(ts[1:]) * 1e3:.0f} ms (first {ts[0] * 1e3:.0f} ms)"))
+        rows.append(("adapters", "tokens P / S (cond)", f"{tuple(P[0].shape)} / {tuple(S[0].shape)}"))
+
+        # The models to time: the wrapper goes on the base model; GatedApply's clone keeps it.
+        timer = UNetTimer(clock)
+        base = model.clone()
+        base.set_model_unet_function_wrapper(timer)
+        gapply = nodes["FlexIPGatedApply"]()
+        models = {"off": base}
+        gammas = [float(x) for x in args.gammas.split(",") if x.strip()]
+        for gamma in gammas:
+            (models[f"gamma={gamma:g}"],), dt = clock(gapply.apply, base, flexip, P, S, gamma, 1.0, 0.0, 1.0)
+            rows.append(("apply", f"GatedApply.apply gamma={gamma:g} (K/V precompute)", f"{dt * 1e3:.0f} ms"))
+        on = f"gamma={gammas[0]:g}"
+        patches = models[on].model_options["transformer_options"]["patches_replace"]["attn2"]
+        _, dt = clock(models[on].clone)
+        rows.append(("apply", "ModelPatcher.clone() of the patched model (deepcopies the patches)",
+                     f"{dt * 1e3:.0f} ms"))
+
+        # Sampling, interleaved.
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, 4, args.latent, args.latent))
+        noise = comfy.sample.prepare_noise(latent, args.seed)
+
+        def step(label):
+            timer.label = label
+            out, dt = clock(comfy.sample.sample, models[label], noise, 1, 7.5, "euler", "normal", positive, negative,
+                            latent, denoise=1.0, disable_pbar=True, seed=args.seed)
+            timer.label = None
+            return out, dt
+
+        labels = list(models)
+        outputs, walls = {}, {k: [] for k in labels}
+        print(f"timing {args.warmup} warm-up + {args.steps} rounds of {labels} at latent {args.latent}x{args.latent} ...",
+              flush=True)
+        for r in range(args.warmup + args.steps):
+            order = labels if r % 2 == 0 else labels[::-1]
+            for label in order:
+                out, dt = step(label)
+                if r < args.warmup:
+                    timer.times[label].pop()
+                else:
+                    walls[label].append(dt)
+                outputs.setdefault(label, []).append(out)
+            last = {k: (timer.times[k][-1] if r >= args.warmup else float("nan")) for k in labels}
+            print(f"  round {r + 1}{' (warm-up)' if r < args.warmup else ''}: "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in last.items()), flush=True)
+        batches = sorted({(shape, tuple(cu)) for label, shape, cu in timer.calls if label})
+        per_step = {label: sum(1 for c in timer.calls if c[0] == label) / (args.warmup + args.steps) for label in labels}
+
+        unet = {k: median(v) for k, v in timer.times.items()}
+        for k in labels:
+            rows.append(("unet", f"UNet forward {k}", f"{unet[k]:.3f} s (+/- {spread(timer.times[k]):.3f}, "
+                                                       f"n={len(timer.times[k])}); sample() wall {median(walls[k]):.3f} s"))
+        for k in labels[1:]:
+            ratio = unet[k] / unet["off"]
+            paired = median([a / b for a, b in zip(timer.times[k], timer.times["off"])])
+            rows.append(("unet", f"ratio {k} / off", f"{ratio:.4f} (median of paired ratios {paired:.4f}); "
+                                                    f"sample() wall {median(walls[k]) / median(walls['off']):.4f}"))
+        if "gamma=0.5" in unet and "gamma=1" in unet:
+            rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)", f"{unet['gamma=0.5'] / unet['gamma=1']:.4f}"))
+        rows.append(("unet", "batches apply_model saw (shape, cond_or_uncond)", "; ".join(f"{s} {list(c)}" for s, c in batches)))
+        rows.append(("unet", "apply_model calls per sample() call", ", ".join(f"{k} {v:g}" for k, v in per_step.items())))
+
+        # Checks: same seed gives the same output; FlexIP changes it; each patch fires once per forward.
+        same = max(float((o - outputs[k][0]).abs().max()) for k in labels for o in outputs[k])
+        diff = float((outputs[on][0] - outputs["off"][0]).abs().max())
+        rows.append(("check", "max |output - first output| within a condition", f"{same:.3g}"))
+        rows.append(("check", f"max |output {on} - output off|", f"{diff:.3g}"))
+
+        # Where the patch time goes: capture the 16 patch calls of one step (not part of the timings
+        # above), then replay them layer by layer, interleaved: the layer's own attention (what the
+        # unpatched model runs), the patch as it is, and a candidate faster patch (see README).
+        cls = apply_mod.GatedAttention
+        orig_call = cls.__call__
+        captured = []
+
+        def capturing_call(self, q, k, v, extra):
+            keep = {n: extra[n] for n in ("n_heads", "cond_or_uncond", "sigmas", "attn_precision") if n in extra}
+            captured.append((self, q.clone(), k.clone(), v.clone(), keep))
+            return orig_call(self, q, k, v, extra)
+
+        cls.__call__ = capturing_call
+        try:
+            step(on)
+        finally:
+            cls.__call__ = orig_call
+        rows.append(("patch", f"patch calls in one {on} forward",
+                     f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
+                     f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})"))
+        optimized_attention = apply_mod.optimized_attention
+        stacked = {}
+        per = {"base": [], "patch": [], "candidate": []}
+        worst = 0.0
+        for rep in range(args.replay_reps + 1):
+            for i, (patch, q, k, v, ex) in enumerate(captured):
+                heads, prec = ex["n_heads"], ex.get("attn_precision")
+                runs = (("base", lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
+                        ("patch", lambda: patch(q, k, v, ex)),
+                        ("candidate", lambda: candidate_patch(patch, q, k, v, ex, stacked, optimized_attention)))
+                outs = {}
+                for name, fn in (runs if rep % 2 == 0 else runs[::-1]):
+                    outs[name], dt = clock(fn)
+                    if rep:  # rep 0 warms up (and fills the candidate's stacked K/V cache)
+                        if len(per[name]) <= i:
+                            per[name].append([])
+                        per[name][i].append(dt)
+                worst = max(worst, float((outs["candidate"] - outs["patch"]).abs().max() /
+                                         outs["patch"].abs().max().clamp_min(1e-12)))
+        layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
+        extra_now = layer_sum["patch"] - layer_sum["base"]
+        extra_cand = layer_sum["candidate"] - layer_sum["base"]
+        rows.append(("patch", f"replay of the 16 layers, median of {args.replay_reps} each, summed",
+                     f"base attention {layer_sum['base'] * 1e3:.1f} ms, patch {layer_sum['patch'] * 1e3:.1f} ms, "
+                     f"candidate {layer_sum['candidate'] * 1e3:.1f} ms"))
+        rows.append(("patch", "FlexIP's added time per UNet forward (patch - base)",
+                     f"{extra_now * 1e3:.1f} ms = {extra_now / unet['off'] * 100:.2f}% of an off forward"))
+        rows.append(("patch", "  with the candidate (stacked chunks, weight folded in V)",
+                     f"{extra_cand * 1e3:.1f} ms = {extra_cand / unet['off'] * 100:.2f}% "
+                     f"(max rel. difference to the patch {worst:.1e})"))
+        del captured
+        gc.collect()
+
+        # Memory of FlexIP.
+        kv = list(walk_tensors([p.kv for p in patches.values()]))
+        rows.append(("memory", "K/V precomputed in the 16 patches (one GatedApply)", f"{tensor_bytes(kv) / 2**20:.1f} MiB "
+                                                                                       f"({len(kv)} tensors, all devices)"))
+        rows.append(("memory", "P + S tokens (node outputs)", f"{tensor_bytes(list(walk_tensors([P, S]))) / 2**20:.2f} MiB"))
+        rows.append(("memory", "FlexIP module", f"{module_bytes(flexip) / 2**20:.0f} MiB (preservation "
+                                                f"{module_bytes(flexip.preservation) / 2**20:.0f}, personalization "
+                                                f"{module_bytes(flexip.personalization) / 2**20:.0f}, projections "
+                                                f"{module_bytes(flexip.projections) / 2**20:.0f}); dtype "
+                                                f"{next(flexip.parameters()).dtype}"))
+        rows.append(("memory", "peak RSS while the encoders were loaded (VmHWM)", f"{hwm_encoders / 1024:.2f} GiB"))
+        rows.append(("memory", "RSS now", f"{rss_mib('VmRSS') / 1024:.2f} GiB"))
+        rows.append(("memory", "process peak RSS (ru_maxrss)",
+                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"))
+        if device.type == "cuda":
+            rows.append(("memory", "CUDA max allocated", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"))
+
+        ratio = unet[on] / unet["off"]
+        if args.profile == "yes" or (args.profile == "auto" and ratio > 1.03):
+            notes += profile(torch, device, step, on)
+
+    print()
+    print_table(rows)
+    for n in notes:
+        print(n)
+    print(f"\ntotal wall time {time.perf_counter() - T_START:.0f} s; load average (1, 5, 15 min) now "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+def candidate_patch(patch, q, k, v, extra, cache, attention):
+    """What GatedAttention.__call__ could do instead (a proposal, measured here; nodes/apply.py is
+    not changed): one attention call per branch over the whole cond+uncond batch, K/V stacked per
+    chunk order once and cached, strength * weight folded into V (attention is linear in V), and
+    no sigma check (start_at 0 / end_at 1, the defaults, make it always true)."""
+    import torch
+    heads, prec = extra["n_heads"], extra.get("attn_precision")
+
+    def attend(k_, v_):
+        return attention(q, k_, v_, heads, attn_precision=prec)
+
+    base = attend(k, v)
+    chunks = tuple(extra["cond_or_uncond"])
+    key = (id(patch), q.device, q.dtype, chunks, q.shape[0])
+    if key not in cache:
+        n = q.shape[0] // len(chunks)
+        kv_p, kv_s = patch.branches(q)
+        branches = []
+        for weight, branch in ((patch.gamma, kv_p), (1.0 - patch.gamma, kv_s)):
+            if weight == 0:
+                continue
+            scale = patch.strength * weight
+            branches.append((torch.cat([branch[c][0].expand(n, -1, -1) for c in chunks]),
+                             torch.cat([(branch[c][1] * scale).expand(n, -1, -1) for c in chunks])))
+        cache[key] = branches
+    out = base
+    for k_, v_ in cache[key]:
+        out = out + attend(k_, v_)
+    return out
+
+
+def profile(torch, device, step, on):
+    """Top operators of one step of each, by self time, and the largest differences."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tables = {}
+    for label in ("off", on):
+        with torch_profile(activities=acts) as prof:
+            step(label)
+        tables[label] = {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
+    lines = [f"\nprofile: one step each, operator self CPU time, largest increases {on} vs off:"]
+    keys = set(tables["off"]) | set(tables[on])
+    deltas = sorted(((tables[on].get(k, (0, 0))[0] - tables["off"].get(k, (0, 0))[0], k) for k in keys), reverse=True)
+    for d, k in deltas[:12]:
+        a, b = tables["off"].get(k, (0, 0)), tables[on].get(k, (0, 0))
+        lines.append(f"  {k:40s} off {a[0] / 1e3:9.1f} ms x{a[1]:<5d} {on} {b[0] / 1e3:9.1f} ms x{b[1]:<5d} (+{d / 1e3:.1f} ms)")
+    lines.append(f"  total self CPU: off {sum(v[0] for v in tables['off'].values()) / 1e6:.2f} s, "
+                 f"{on} {sum(v[0] for v in tables[on].values()) / 1e6:.2f} s")
+    return lines
+
+
+def print_table(rows):
+    width = max(len(item) for _, item, _ in rows)
+    section = None
+    for sec, item, value in rows:
+        if sec != section:
+            print(f"[{sec}]")
+            section = sec
+        print(f"  {item:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
