@@ -74,14 +74,14 @@ class Client:
     def run(self, prompt, workflow=None, timeout=900):
         return self.wait(self.queue(prompt, workflow), timeout)
 
+    def image(self, meta):
+        """PNG bytes of one image of a /history output ({filename, subfolder, type})."""
+        return self._request("/view?" + urllib.parse.urlencode({k: meta[k] for k in ("filename", "subfolder", "type")}))
+
     def images(self, entry):
         """The PNG bytes of every image a finished prompt saved, in node order."""
-        out = []
-        for node_id in sorted(entry.get("outputs", {}), key=str):
-            for image in entry["outputs"][node_id].get("images", []):
-                query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
-                out.append(self._request(f"/view?{query}"))
-        return out
+        return [self.image(meta) for node_id in sorted(entry.get("outputs", {}), key=str)
+                for meta in entry["outputs"][node_id].get("images", [])]
 
     def upload_image(self, path):
         """POST /upload/image; returns the name to put in a LoadImage node."""
