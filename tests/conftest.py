@@ -94,3 +94,24 @@ def test_prompt(model_files, reference_image):
                 inputs["steps"] = TEST_STEPS
         return prompt
     return make
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This repository imported as ComfyUI imports a custom node pack (a package of its own)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("comfyui_flexip", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_flexip"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sd15_model(comfy, model_files):
+    """The random full-shape SD1.5 checkpoint loaded by ComfyUI in this process: (MODEL, CLIP)."""
+    import comfy.sd
+    import random_models
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(random_models.sd15_checkpoint()))
+    return model, clip
