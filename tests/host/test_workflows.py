@@ -91,3 +91,15 @@ def test_sweep_workflow_gives_one_image_per_gamma(client, test_prompt):
     entry = client.run(test_prompt("flexip_gamma_sweep_api.json"))
     pngs = client.images(entry)
     assert len(pngs) == 5 and len({digest(p) for p in pngs}) == 5
+
+
+def test_long_prompt_against_a_short_negative(server, client, test_prompt):
+    """A 3-chunk prompt (231 tokens) against a 77-token negative: S has different lengths for
+    cond and uncond, which ComfyUI then runs as separate chunks."""
+    prompt = test_prompt(seed=21)
+    prompt["2"]["inputs"]["text"] = ", ".join(["a small red ceramic teapot on an old wooden table"] * 16)
+    start = len(server.log_text())
+    image = Image.open(io.BytesIO(run_image(client, prompt)))
+    assert image.size == (64, 64)
+    kinds = re.findall(r"FlexIP attn2 input_1_0 chunks \[([\d, ]+)\]", server.log_text()[start:])
+    assert sorted(k for chunk in kinds for k in chunk.split(", ")) == ["0"] * 2 + ["1"] * 2
