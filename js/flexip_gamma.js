@@ -23,8 +23,9 @@ function flush(state) {
   clearTimeout(state.timer);
   pending.delete(state);
   if (!state.live.value) return; // live was switched off while the change was pending
+  if (!state.node.graph) return; // the node was deleted while the change was pending
   const gamma = state.gamma.value;
-  // A click on the same spot, or a drag that ends where the last queued one did, changes nothing.
+  // A drag that paused (and queued) and then comes back to that value has nothing new to send.
   if (gamma === state.queuedGamma) return;
   state.queuedGamma = gamma;
   // app.queuePrompt serialises the whole graph (graphToPrompt) at call time, so the prompt

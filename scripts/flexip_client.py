@@ -40,7 +40,8 @@ class Client:
         return json.loads(self._request(path))
 
     def post_json(self, path, body):
-        return json.loads(self._request(path, json.dumps(body).encode(), {"Content-Type": "application/json"}))
+        answer = self._request(path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return json.loads(answer) if answer else None  # some routes (POST /api/settings) answer 200 with no body
 
     def queue(self, prompt, workflow=None):
         """POST /prompt; returns the prompt id, or raises ComfyError with the node errors.

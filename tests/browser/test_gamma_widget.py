@@ -1,0 +1,336 @@
+"""The pack's frontend in the real ComfyUI frontend (comfyui-frontend-package 1.32.9), driven by Playwright
+through Debian's /usr/bin/chromium (scripts/host.py installs both): the gamma widget (js/flexip_gamma.js) and
+the UI-format example workflows (example_workflows/*.json) that the template browser lists.
+
+The live re-queue is driven with real mouse events on the LiteGraph canvas, and checked against the
+server's /history: the prompt the server ran, not only what the page meant to send.
+"""
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import host
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PACK = host.PACK_LINK.name  # the pack's folder name under custom_nodes: its URL prefix on the server
+EXTENSION = "comfyui-flexip.GammaWidget"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TEMPLATES = ["flexip_basic", "flexip_gamma_sweep"]
+DEBOUNCE_S = 0.4  # js/flexip_gamma.js DEBOUNCE_MS
+GATED = 11  # the FlexIPGatedApply node of flexip_basic
+
+
+def api_workflow(name):
+    return json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
+
+
+def is_prompt_post(request):
+    return request.method == "POST" and request.url.split("?")[0].endswith("/api/prompt")
+
+
+def history_ids(client):
+    return set(client.get_json("/history"))
+
+
+# --- The browser: one chromium per module, a fresh page per test. ---
+
+@pytest.fixture(scope="module")
+def browser(server, tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no {CHROMIUM}: run `python3 scripts/host.py` (it installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+    # Skip the first-visit templates dialog. The answer is empty, so not through Client.post_json.
+    request = urllib.request.Request(server.url + "/api/settings", json.dumps({"Comfy.TutorialCompleted": True}).encode(),
+                                     {"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 900})
+        yield context
+        context.close()
+
+
+class Frontend:
+    """One page of the ComfyUI frontend, with its page errors and console errors collected."""
+
+    def __init__(self, context, server, settings=None):
+        self.page = context.new_page()
+        self.errors = []
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
+        if settings:
+            # Settings for this page only, injected into the frontend's GET /api/settings: the server's
+            # settings file is shared with every other session on this host and stays untouched.
+            def with_settings(route):
+                if route.request.method != "GET":
+                    return route.fallback()
+                response = route.fetch()
+                route.fulfill(response=response, json={**response.json(), **settings})
+            self.page.route("**/api/settings", with_settings)
+        self.page.goto(server.url)
+        self.page.wait_for_function("() => window.app?.vueAppReady && window.app.graph && window.LiteGraph",
+                                    timeout=60_000)
+        names = self.page.evaluate("() => app.extensions.map(e => e.name)")
+        assert EXTENSION in names, f"{EXTENSION} not registered; page errors: {self.errors}"
+
+    def evaluate(self, script, arg=None):
+        return self.page.evaluate(script, arg)
+
+    def load_template(self, name):
+        """Load a template as the template browser does (useTemplateWorkflows.loadWorkflowTemplate): fetch it
+        from the server's template route and app.loadGraphData it. Returns the errors the load caused."""
+        before = len(self.errors)
+        self.evaluate("""async ([pack, name]) => {
+            const url = window.comfyAPI.api.api.apiURL(`/workflow_templates/${pack}/${name}.json`);
+            await app.loadGraphData(await (await fetch(url)).json(), true, true, name, {openSource: 'template'});
+            await new Promise(requestAnimationFrame);  // let Vue render any toast or dialog the load raised
+        }""", [PACK, name])
+        return self.errors[before:]
+
+    def prompt(self):
+        """app.graphToPrompt() of the loaded graph: {"output": API prompt, "workflow": UI workflow}."""
+        return self.evaluate("async () => JSON.parse(JSON.stringify(await app.graphToPrompt()))")
+
+    def widget(self, node_id, name):
+        return self.evaluate("""([id, name]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === name);
+            return w && {type: w.type, value: w.value, serialize: w.serialize ?? null,
+                         optionsSerialize: w.options?.serialize ?? null}; }""", [node_id, name])
+
+    def show_node(self, node_id):
+        """Scale 1, the node's top-left at (500, 300) of the canvas, drawn (which lays out its widgets)."""
+        self.evaluate("""id => { const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+            ds.scale = 1; ds.offset = [500 - n.pos[0], 300 - n.pos[1]];
+            app.canvas.setDirty(true, true); app.canvas.draw(true, true); }""", node_id)
+
+    def widget_point(self, node_id, name, fraction):
+        """Page coordinates of a point in a widget, `fraction` of the way along the range a LiteGraph slider
+        maps to its min..max (SliderWidget.onDrag: x from margin 15 to width - 15)."""
+        return self.evaluate("""([id, name, f]) => {
+            const n = app.graph.getNodeById(id), w = n.widgets.find(w => w.name === name);
+            const width = w.width || n.size[0];
+            const graph = [n.pos[0] + 15 + f * (width - 30), n.pos[1] + w.y + LiteGraph.NODE_WIDGET_HEIGHT / 2];
+            const [x, y] = app.canvas.ds.convertOffsetToCanvas(graph);
+            const rect = app.canvas.canvas.getBoundingClientRect();
+            return [rect.left + x, rect.top + y]; }""", [node_id, name, fraction])
+
+    def set_inputs(self, prompt):
+        """Set every widget value of an API prompt on the graph's nodes of the same ids."""
+        self.evaluate("""prompt => { for (const [id, node] of Object.entries(prompt)) {
+            const n = app.graph.getNodeById(+id);
+            for (const [name, value] of Object.entries(node.inputs)) {
+                if (Array.isArray(value)) continue;
+                const w = n.widgets.find(w => w.name === name);
+                if (!w) throw new Error(`node ${id} has no widget ${name}`);
+                w.value = value;
+            } } }""", prompt)
+
+    def close(self):
+        self.page.close()
+
+
+@pytest.fixture
+def frontend(browser, server):
+    page = Frontend(browser, server)
+    yield page
+    page.close()
+
+
+def drag(frontend, node_id, fractions, release=True):
+    """Press on the gamma slider at fractions[0], move through the others, release."""
+    mouse = frontend.page.mouse
+    frontend.show_node(node_id)
+    mouse.move(*frontend.widget_point(node_id, "gamma", fractions[0]))
+    mouse.down()
+    for f in fractions[1:]:
+        mouse.move(*frontend.widget_point(node_id, "gamma", f), steps=3)
+    if release:
+        mouse.up()
+
+
+def click_widget(frontend, node_id, name):
+    frontend.show_node(node_id)
+    frontend.page.mouse.click(*frontend.widget_point(node_id, name, 0.5))
+
+
+# --- a) The pack's files as the server serves them, and the two workflow formats as one graph. ---
+
+def test_extension_is_listed_and_served(client):
+    url = f"/extensions/{PACK}/flexip_gamma.js"
+    assert url in client.get_json("/extensions")
+    assert client._request(url) == (REPO / "js" / "flexip_gamma.js").read_bytes()
+
+
+def test_template_browser_lists_the_ui_workflows(client):
+    listed = client.get_json("/api/workflow_templates").get(PACK, [])
+    on_disk = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    assert set(TEMPLATES) <= set(on_disk)
+    assert sorted(listed) == on_disk  # every UI workflow, and the API-format ones in api/ not among them
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_loads_and_is_the_api_workflow(frontend, name):
+    ui = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    assert ui["version"] == 0.4
+    errors = frontend.load_template(name)
+    # Resource 404s are the frontend's own noise (user.css, a LoadImage preview of a file not on this server).
+    assert [e for e in errors if "Failed to load resource" not in e] == []
+    # Schema validation, link fixing and missing nodes report through toasts and dialogs, not the console.
+    assert frontend.evaluate("() => [...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)") == []
+    assert frontend.evaluate("() => document.querySelectorAll('.p-dialog').length") == 0
+    assert frontend.evaluate("() => app.graph.nodes.length") == len(ui["nodes"])
+
+    output = frontend.prompt()["output"]
+    expected = api_workflow(name)
+    assert sorted(output, key=int) == sorted(expected, key=int)
+    for node_id, node in expected.items():
+        got = output[node_id]
+        assert got["class_type"] == node["class_type"], node_id
+        assert got["inputs"] == node["inputs"], node_id
+        if "title" in node.get("_meta", {}):  # the client finds nodes by title ("Positive")
+            assert got["_meta"]["title"] == node["_meta"]["title"], node_id
+    # Seeds stay fixed across queues: a live gamma change must not also change the noise.
+    seeds = frontend.evaluate("""() => app.graph.nodes.filter(n => n.comfyClass === 'KSampler')
+        .map(n => n.widgets.find(w => w.name === 'control_after_generate').value)""")
+    assert seeds and set(seeds) == {"fixed"}
+
+
+# --- b) The widget on FlexIPGatedApply. ---
+
+def test_gated_apply_has_labelled_slider_and_live_toggle(frontend):
+    frontend.load_template("flexip_basic")
+    assert frontend.widget(GATED, "gamma")["type"] == "slider"
+    live = frontend.widget(GATED, "live")
+    assert live == {"type": "toggle", "value": False, "serialize": False, "optionsSerialize": False}
+
+    # The end labels are drawn on the canvas: record the texts the node draws, and where.
+    frontend.show_node(GATED)
+    drawn = frontend.evaluate("""id => {
+        const n = app.graph.getNodeById(id), ctx = app.canvas.ctx, fillText = ctx.fillText, texts = {};
+        ctx.fillText = function (text, x, y, ...rest) { texts[text] = x; return fillText.call(this, text, x, y, ...rest); };
+        try { app.canvas.draw(true, true); } finally { ctx.fillText = fillText; }
+        return {texts, width: n.size[0]}; }""", GATED)
+    texts, width = drawn["texts"], drawn["width"]
+    assert "personalize" in texts and "preserve" in texts, sorted(texts)
+    # The slider's left end is its min (gamma 0: personalize), its right end its max (gamma 1: preserve).
+    assert texts["personalize"] < width / 3 and texts["preserve"] > 2 * width / 3
+
+
+def test_live_toggle_is_never_sent_or_saved(frontend):
+    frontend.load_template("flexip_basic")
+    click_widget(frontend, GATED, "live")  # on: the toggle's state must not leak either way
+    assert frontend.widget(GATED, "live")["value"] is True
+    prompt = frontend.prompt()
+    assert set(prompt["output"][str(GATED)]["inputs"]) == {
+        "model", "flexip", "preservation", "personalization", "gamma", "strength", "start_at", "end_at"}
+    (node,) = [n for n in prompt["workflow"]["nodes"] if n["id"] == GATED]
+    assert node["widgets_values"] == [0.5, 1, 0, 1]  # gamma, strength, start_at, end_at: no "live"
+
+
+# --- c) Live re-queue, checked against what the server ran. ---
+
+@pytest.fixture
+def runnable(frontend, test_prompt):
+    """The basic template pointed at the test model files and reference image, at the test size and steps."""
+    frontend.load_template("flexip_basic")
+    prompt = test_prompt("flexip_basic_api.json")
+    frontend.set_inputs(prompt)
+    output = frontend.prompt()["output"]
+    assert {k: v["inputs"] for k, v in output.items()} == {k: v["inputs"] for k, v in prompt.items()}
+    return frontend
+
+
+def test_live_drag_queues_one_prompt_with_the_final_gamma(runnable, client):
+    frontend, page = runnable, runnable.page
+    posts = []
+    page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
+    before = history_ids(client)
+    click_widget(frontend, GATED, "live")
+    assert frontend.widget(GATED, "live")["value"] is True
+    assert posts == []  # switching live on queues nothing by itself
+
+    # A quick drag: every move changes gamma within the debounce window; the release queues once.
+    page.evaluate("() => addEventListener('pointermove', () => { window.lastMoveAt = Date.now(); }, true)")
+    with page.expect_request(is_prompt_post, timeout=5_000) as first:
+        drag(frontend, GATED, [0.5, 0.55, 0.6, 0.7, 0.75, 0.8])
+        released = time.monotonic()
+    gamma = frontend.widget(GATED, "gamma")["value"]
+    assert abs(gamma - 0.8) <= 0.02
+    prompt_id = first.value.response().json()["prompt_id"]
+    # Queued by the release, not by the debounce, which cannot fire sooner than DEBOUNCE after the last move.
+    since_last_move = first.value.timing["startTime"] - page.evaluate("() => window.lastMoveAt")
+    assert since_last_move < DEBOUNCE_S * 1000, since_last_move
+    entry = client.wait(prompt_id, timeout=600)
+    # Any further queue from this drag would have come within a debounce of the release.
+    page.wait_for_timeout(max(0, 3 * DEBOUNCE_S - (time.monotonic() - released)) * 1000)
+    assert len(posts) == 1
+    assert history_ids(client) - before == {prompt_id}
+    assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
+
+    # A drag that rests while the button is still down: the debounce queues once on the pause; the
+    # release at the same value adds nothing.
+    with page.expect_request(is_prompt_post, timeout=5_000) as second:
+        drag(frontend, GATED, [0.8, 0.6, 0.4, 0.3], release=False)
+    page.mouse.up()
+    released = time.monotonic()
+    gamma = frontend.widget(GATED, "gamma")["value"]
+    assert abs(gamma - 0.3) <= 0.02
+    prompt_id = second.value.response().json()["prompt_id"]
+    entry = client.wait(prompt_id, timeout=600)
+    page.wait_for_timeout(max(0, 3 * DEBOUNCE_S - (time.monotonic() - released)) * 1000)
+    assert len(posts) == 2
+    assert len(history_ids(client) - before) == 2
+    assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
+
+
+def test_slider_with_live_off_queues_nothing(runnable, client):
+    frontend, page = runnable, runnable.page
+    posts = []
+    page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
+    before = history_ids(client)
+    drag(frontend, GATED, [0.5, 0.4, 0.3, 0.2])
+    assert abs(frontend.widget(GATED, "gamma")["value"] - 0.2) <= 0.02  # the drag did move the slider
+    page.mouse.click(*frontend.widget_point(GATED, "gamma", 0.9))  # and a click
+    assert abs(frontend.widget(GATED, "gamma")["value"] - 0.9) <= 0.02
+    # Nothing to wait for but the time a queue would have taken: a few debounce windows.
+    page.wait_for_timeout(4 * DEBOUNCE_S * 1000)
+    assert posts == []
+    assert history_ids(client) == before
+
+
+# --- d) Nodes 2.0 (the Vue renderer): the node must still work, with the plain slider. ---
+
+def test_nodes_2_mode_keeps_the_node_working(browser, server, test_prompt, client):
+    frontend = Frontend(browser, server, settings={"Comfy.VueNodes.Enabled": True})
+    try:
+        assert frontend.evaluate("() => LiteGraph.vueNodesMode") is True
+        errors = frontend.load_template("flexip_basic")
+        node = frontend.page.locator(f'[data-node-id="{GATED}"]')
+        node.wait_for(timeout=30_000)
+        assert node.locator('[aria-label="gamma"]').count() >= 1
+        assert node.locator('[aria-label="live"]').count() >= 1
+        assert frontend.widget(GATED, "gamma")["value"] == 0.5
+        flexip_errors = [e for e in frontend.errors if "flexip" in e.lower()]
+        assert flexip_errors == [], flexip_errors
+        assert [e for e in errors if "Failed to load resource" not in e] == []
+        assert "live" not in frontend.prompt()["output"][str(GATED)]["inputs"]
+
+        # Live also works through the Vue widgets: the toggle, then one keyboard step of the slider.
+        frontend.set_inputs(test_prompt("flexip_basic_api.json"))
+        node.locator('[aria-label="live"]').first.click()
+        assert frontend.widget(GATED, "live")["value"] is True
+        thumb = node.locator('[role="slider"]').first
+        with frontend.page.expect_request(is_prompt_post, timeout=5_000) as posted:
+            thumb.focus()
+            thumb.press("ArrowRight")
+        gamma = frontend.widget(GATED, "gamma")["value"]
+        assert gamma == pytest.approx(0.51)
+        entry = client.wait(posted.value.response().json()["prompt_id"], timeout=600)
+        assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
+    finally:
+        frontend.close()
