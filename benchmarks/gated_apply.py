@@ -16,8 +16,12 @@ with 1 euler step, cfg 7.5, so ComfyUI itself batches cond + uncond, builds tran
 (cond_or_uncond, sigmas, patches_replace) and calls BaseModel.apply_model. A
 model_function_wrapper set on the base model (GatedApply keeps it when it clones) times exactly
 that apply_model call (synchronising first if on a GPU); the wall time of the whole sample()
-call (setup + CFG + euler) is reported beside it. Conditions run interleaved, the order reversed
-every round (ABC CBA ABC ...), after warm-up rounds that are not counted; medians are reported.
+call (setup + CFG + euler) is reported beside it. Conditions run interleaved, the order rotated
+every round (ABC BCA CAB ...), after warm-up rounds that are not counted; medians are reported.
+
+Where the patch time goes: the 16 patch calls of one step are captured and replayed layer by
+layer (interleaved, medians): the layer's own attention alone (what the unpatched model runs)
+against the patch.
 
 Run:  .host/venv/bin/python benchmarks/gated_apply.py [--steps 7] [--latent 64] [--threads N]
 """
@@ -160,16 +164,19 @@ class UNetTimer:
     """model_function_wrapper: times BaseModel.apply_model as calc_cond_batch calls it."""
 
     def __init__(self, clock):
-        self.clock, self.label, self.times, self.calls = clock, None, {}, []
+        self.clock, self.label, self.times, self.cpu, self.calls = clock, None, {}, {}, []
 
     def __deepcopy__(self, memo):
         return self  # ModelPatcher.clone() deepcopies model_options: every clone shares this timer
 
     def __call__(self, apply_model, args):
+        cpu = time.process_time()
         out, dt = self.clock(apply_model, args["input"], args["timestep"], **args["c"])
+        cpu = time.process_time() - cpu  # all threads of this process: less sensitive to other load
         self.calls.append((self.label, tuple(args["input"].shape), list(args["cond_or_uncond"])))
         if self.label is not None:
             self.times.setdefault(self.label, []).append(dt)
+            self.cpu.setdefault(self.label, []).append(cpu)
         return out
 
 
@@ -263,7 +270,7 @@ def main():
         on = f"gamma={gammas[0]:g}"
         patches = models[on].model_options["transformer_options"]["patches_replace"]["attn2"]
         _, dt = clock(models[on].clone)
-        rows.append(("apply", "ModelPatcher.clone() of the patched model (deepcopies the patches)",
+        rows.append(("apply", "ModelPatcher.clone() of the patched model",
                      f"{dt * 1e3:.0f} ms"))
 
         # Sampling, interleaved.
@@ -282,31 +289,36 @@ def main():
         print(f"timing {args.warmup} warm-up + {args.steps} rounds of {labels} at latent {args.latent}x{args.latent} ...",
               flush=True)
         for r in range(args.warmup + args.steps):
-            order = labels if r % 2 == 0 else labels[::-1]
+            order = labels[r % len(labels):] + labels[:r % len(labels)]  # each condition in each position
             for label in order:
                 out, dt = step(label)
                 if r < args.warmup:
                     timer.times[label].pop()
+                    timer.cpu[label].pop()
                 else:
                     walls[label].append(dt)
                 outputs.setdefault(label, []).append(out)
             last = {k: (timer.times[k][-1] if r >= args.warmup else float("nan")) for k in labels}
             print(f"  round {r + 1}{' (warm-up)' if r < args.warmup else ''}: "
-                  + ", ".join(f"{k} {v:.2f} s" for k, v in last.items()), flush=True)
+                  + ", ".join(f"{k} {v:.2f} s" if v >= 1 else f"{k} {v * 1e3:.1f} ms"
+                             for k, v in last.items()), flush=True)
         batches = sorted({(shape, tuple(cu)) for label, shape, cu in timer.calls if label})
         per_step = {label: sum(1 for c in timer.calls if c[0] == label) / (args.warmup + args.steps) for label in labels}
 
         unet = {k: median(v) for k, v in timer.times.items()}
+        cpu = {k: median(v) for k, v in timer.cpu.items()}
         for k in labels:
-            rows.append(("unet", f"UNet forward {k}", f"{unet[k]:.3f} s (+/- {spread(timer.times[k]):.3f}, "
-                                                       f"n={len(timer.times[k])}); sample() wall {median(walls[k]):.3f} s"))
+            rows.append(("unet", f"UNet forward {k}", f"wall {unet[k]:.3f} s (+/- {spread(timer.times[k]):.3f}, "
+                                                       f"n={len(timer.times[k])}); CPU {cpu[k]:.3f} s; "
+                                                       f"sample() wall {median(walls[k]):.3f} s"))
         for k in labels[1:]:
-            ratio = unet[k] / unet["off"]
             paired = median([a / b for a, b in zip(timer.times[k], timer.times["off"])])
-            rows.append(("unet", f"ratio {k} / off", f"{ratio:.4f} (median of paired ratios {paired:.4f}); "
+            rows.append(("unet", f"ratio {k} / off", f"wall {unet[k] / unet['off']:.4f} (median of paired ratios "
+                                                    f"{paired:.4f}); CPU {cpu[k] / cpu['off']:.4f}; "
                                                     f"sample() wall {median(walls[k]) / median(walls['off']):.4f}"))
         if "gamma=0.5" in unet and "gamma=1" in unet:
-            rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)", f"{unet['gamma=0.5'] / unet['gamma=1']:.4f}"))
+            rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)",
+                         f"wall {unet['gamma=0.5'] / unet['gamma=1']:.4f}; CPU {cpu['gamma=0.5'] / cpu['gamma=1']:.4f}"))
         rows.append(("unet", "batches apply_model saw (shape, cond_or_uncond)", "; ".join(f"{s} {list(c)}" for s, c in batches)))
         rows.append(("unet", "apply_model calls per sample() call", ", ".join(f"{k} {v:g}" for k, v in per_step.items())))
 
@@ -318,7 +330,7 @@ def main():
 
         # Where the patch time goes: capture the 16 patch calls of one step (not part of the timings
         # above), then replay them layer by layer, interleaved: the layer's own attention (what the
-        # unpatched model runs), the patch as it is, and a candidate faster patch (see README).
+        # unpatched model runs) against the patch.
         cls = apply_mod.GatedAttention
         orig_call = cls.__call__
         captured = []
@@ -337,41 +349,30 @@ def main():
                      f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
                      f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})"))
         optimized_attention = apply_mod.optimized_attention
-        stacked = {}
-        per = {"base": [], "patch": [], "candidate": []}
-        worst = 0.0
+        per = {"base": [], "patch": []}
         for rep in range(args.replay_reps + 1):
             for i, (patch, q, k, v, ex) in enumerate(captured):
                 heads, prec = ex["n_heads"], ex.get("attn_precision")
                 runs = (("base", lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
-                        ("patch", lambda: patch(q, k, v, ex)),
-                        ("candidate", lambda: candidate_patch(patch, q, k, v, ex, stacked, optimized_attention)))
-                outs = {}
+                        ("patch", lambda: patch(q, k, v, ex)))
                 for name, fn in (runs if rep % 2 == 0 else runs[::-1]):
-                    outs[name], dt = clock(fn)
-                    if rep:  # rep 0 warms up (and fills the candidate's stacked K/V cache)
+                    _, dt = clock(fn)
+                    if rep:  # rep 0 warms up
                         if len(per[name]) <= i:
                             per[name].append([])
                         per[name][i].append(dt)
-                worst = max(worst, float((outs["candidate"] - outs["patch"]).abs().max() /
-                                         outs["patch"].abs().max().clamp_min(1e-12)))
         layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
         extra_now = layer_sum["patch"] - layer_sum["base"]
-        extra_cand = layer_sum["candidate"] - layer_sum["base"]
         rows.append(("patch", f"replay of the 16 layers, median of {args.replay_reps} each, summed",
-                     f"base attention {layer_sum['base'] * 1e3:.1f} ms, patch {layer_sum['patch'] * 1e3:.1f} ms, "
-                     f"candidate {layer_sum['candidate'] * 1e3:.1f} ms"))
+                     ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in layer_sum.items())))
         rows.append(("patch", "FlexIP's added time per UNet forward (patch - base)",
                      f"{extra_now * 1e3:.1f} ms = {extra_now / unet['off'] * 100:.2f}% of an off forward"))
-        rows.append(("patch", "  with the candidate (stacked chunks, weight folded in V)",
-                     f"{extra_cand * 1e3:.1f} ms = {extra_cand / unet['off'] * 100:.2f}% "
-                     f"(max rel. difference to the patch {worst:.1e})"))
         del captured
         gc.collect()
 
         # Memory of FlexIP.
-        kv = list(walk_tensors([p.kv for p in patches.values()]))
-        rows.append(("memory", "K/V precomputed in the 16 patches (one GatedApply)", f"{tensor_bytes(kv) / 2**20:.1f} MiB "
+        kv = list(walk_tensors([(p.kv_p, p.kv_s, p.terms) for p in patches.values()]))
+        rows.append(("memory", "K/V in the 16 patches (precomputed + weighted per batch layout)", f"{tensor_bytes(kv) / 2**20:.1f} MiB "
                                                                                        f"({len(kv)} tensors, all devices)"))
         rows.append(("memory", "P + S tokens (node outputs)", f"{tensor_bytes(list(walk_tensors([P, S]))) / 2**20:.2f} MiB"))
         rows.append(("memory", "FlexIP module", f"{module_bytes(flexip) / 2**20:.0f} MiB (preservation "
@@ -396,37 +397,6 @@ def main():
         print(n)
     print(f"\ntotal wall time {time.perf_counter() - T_START:.0f} s; load average (1, 5, 15 min) now "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
-
-
-def candidate_patch(patch, q, k, v, extra, cache, attention):
-    """What GatedAttention.__call__ could do instead (a proposal, measured here; nodes/apply.py is
-    not changed): one attention call per branch over the whole cond+uncond batch, K/V stacked per
-    chunk order once and cached, strength * weight folded into V (attention is linear in V), and
-    no sigma check (start_at 0 / end_at 1, the defaults, make it always true)."""
-    import torch
-    heads, prec = extra["n_heads"], extra.get("attn_precision")
-
-    def attend(k_, v_):
-        return attention(q, k_, v_, heads, attn_precision=prec)
-
-    base = attend(k, v)
-    chunks = tuple(extra["cond_or_uncond"])
-    key = (id(patch), q.device, q.dtype, chunks, q.shape[0])
-    if key not in cache:
-        n = q.shape[0] // len(chunks)
-        kv_p, kv_s = patch.branches(q)
-        branches = []
-        for weight, branch in ((patch.gamma, kv_p), (1.0 - patch.gamma, kv_s)):
-            if weight == 0:
-                continue
-            scale = patch.strength * weight
-            branches.append((torch.cat([branch[c][0].expand(n, -1, -1) for c in chunks]),
-                             torch.cat([(branch[c][1] * scale).expand(n, -1, -1) for c in chunks])))
-        cache[key] = branches
-    out = base
-    for k_, v_ in cache[key]:
-        out = out + attend(k_, v_)
-    return out
 
 
 def profile(torch, device, step, on):

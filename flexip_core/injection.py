@@ -19,34 +19,54 @@ def attention_heads(q, k, v, heads):
     return rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)")
 
 
-def _branch_attention(q, branch, chunk_kinds, heads, attention):
-    """Attend each chunk of q (one per entry of chunk_kinds) to that kind's K, V.
+def weighted_branches(branch_p, branch_s, gamma, strength, chunk_kinds, batch, like):
+    """The (K, V) pairs one batch layout attends to, each branch's weight (strength * gamma, or
+    strength * (1 - gamma)) folded into its V: attention is linear in V, so that saves a multiply.
 
-    Chunks can differ in token count (a long prompt against a short negative), so each chunk
-    has its own call; K and V [1 or b, N, inner] broadcast over the chunk's batch.
+    A batch of `batch` rows is len(chunk_kinds) equal chunks in ComfyUI's cond_or_uncond order.
+    Each branch gives one [batch, N, inner] K and V, stacked over the chunks, so it costs one
+    attention call; where the kinds' token counts differ (a long prompt against a short negative)
+    it gives one pair per chunk instead. A branch whose weight is the number 0 is left out.
+    The result depends only on the layout, so a caller computes it once per sampling run.
+    gamma: a number, or a tensor [batch] of per-sample gammas (training's gate).
     """
-    if q.shape[0] % len(chunk_kinds):
-        raise ValueError(f"a batch of {q.shape[0]} does not split into {len(chunk_kinds)} equal chunks")
-    outs = []
-    for q_chunk, kind in zip(q.chunk(len(chunk_kinds)), chunk_kinds):
-        k, v = (t.to(q).expand(q_chunk.shape[0], -1, -1) for t in branch[kind])
-        outs.append(attention(q_chunk, k, v, heads))
-    return torch.cat(outs)
+    if batch % len(chunk_kinds):
+        raise ValueError(f"a batch of {batch} does not split into {len(chunk_kinds)} equal chunks")
+    rows = batch // len(chunk_kinds)
+    if torch.is_tensor(gamma):
+        gamma = gamma.to(like).view(-1, 1, 1)
+    terms = []
+    for weight, branch in ((gamma, branch_p), (1.0 - gamma, branch_s)):
+        if not torch.is_tensor(weight) and weight == 0:
+            continue
+        pairs = [tuple(t.to(like).expand(rows, -1, -1) for t in branch[kind]) for kind in chunk_kinds]
+        if len({k.shape[1] for k, _ in pairs}) == 1:
+            pairs = [(torch.cat([k for k, _ in pairs]), torch.cat([v for _, v in pairs]))]
+        step = batch // len(pairs)
+        terms.append([(k, v * (strength * (weight[i * step:(i + 1) * step] if torch.is_tensor(weight) else weight)))
+                      for i, (k, v) in enumerate(pairs)])
+    return terms
+
+
+def inject(q, base, terms, heads, attention=attention_heads):
+    """base + the attention of q to every weighted branch (terms from weighted_branches)."""
+    out = base
+    for pairs in terms:
+        if len(pairs) == 1:
+            out = out + attention(q, *pairs[0], heads)
+        else:
+            out = out + torch.cat([attention(q_chunk, k, v, heads) for q_chunk, (k, v) in zip(q.chunk(len(pairs)), pairs)])
+    return out
 
 
 def gated_attention(q, base, branch_p, branch_s, gamma, strength, heads, chunk_kinds,
                     attention=attention_heads):
     """q, base: [B, Nq, inner], B made of len(chunk_kinds) equal chunks in ComfyUI's
-    cond_or_uncond order. branch_p, branch_s: {COND: (K, V), UNCOND: (K, V)}.
-    gamma: a number (inference), or a tensor [B] of per-sample gammas (training's gate).
+    cond_or_uncond order. branch_p, branch_s: {COND: (K, V), UNCOND: (K, V)}, K and V
+    [1 or rows, N, inner]. gamma: a number (inference), or a tensor [B] of per-sample gammas.
     A branch whose weight is the number 0 is not computed; strength 0 returns `base` itself.
     """
     if isinstance(strength, (int, float)) and strength == 0:
         return base
-    if torch.is_tensor(gamma):
-        gamma = gamma.to(q).view(-1, 1, 1)
-    out = base
-    for weight, branch in ((gamma, branch_p), (1.0 - gamma, branch_s)):
-        if torch.is_tensor(weight) or weight != 0:
-            out = out + (strength * weight) * _branch_attention(q, branch, chunk_kinds, heads, attention)
-    return out
+    return inject(q, base, weighted_branches(branch_p, branch_s, gamma, strength, chunk_kinds, q.shape[0], q),
+                  heads, attention)

@@ -13,12 +13,13 @@ from .errors import FlexIPInputError
 
 
 @torch.no_grad()
-def run_adapter(adapter, fn, *args):
-    """Run one adapter on ComfyUI's compute device (args: tensors or ReferenceFeatures), then offload it."""
+def run_adapter(adapter, fn, inputs):
+    """{kind: fn(adapter, *args)} for inputs {kind: args} (tensors or ReferenceFeatures), run on
+    ComfyUI's compute device with one move of the adapter there and back."""
     device = comfy.model_management.get_torch_device()
     adapter.to(device)
     try:
-        return fn(adapter, *(a.to(device) for a in args)).float().cpu()
+        return {kind: fn(adapter, *(a.to(device) for a in args)).float().cpu() for kind, args in inputs.items()}
     finally:
         adapter.to(comfy.model_management.unet_offload_device())
 
@@ -52,9 +53,8 @@ class PreservationAdapter:
         }}
 
     def apply(self, flexip, reference):
-        tokens = {kind: run_adapter(flexip.preservation, preservation_tokens, ref)
-                  for kind, ref in ((COND, reference), (UNCOND, reference.dropped()))}
-        return (tokens,)
+        return (run_adapter(flexip.preservation, preservation_tokens,
+                            {COND: (reference,), UNCOND: (reference.dropped(),)}),)
 
 
 class PersonalizationAdapter:
@@ -85,6 +85,5 @@ class PersonalizationAdapter:
         config = flexip.config
         cond_text = text_embeds("PersonalizationAdapter", "positive", positive, config)
         uncond_text = cond_text if negative is None else text_embeds("PersonalizationAdapter", "negative", negative, config)
-        tokens = {kind: run_adapter(flexip.personalization, personalization_tokens, text, ref)
-                  for kind, text, ref in ((COND, cond_text, reference), (UNCOND, uncond_text, reference.dropped()))}
-        return (tokens,)
+        return (run_adapter(flexip.personalization, personalization_tokens,
+                            {COND: (cond_text, reference), UNCOND: (uncond_text, reference.dropped())}),)

@@ -6,7 +6,7 @@ import torch
 
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..flexip_core.injection import gated_attention
+from ..flexip_core.injection import inject, weighted_branches
 from ..flexip_core.projections import layer_name
 from .errors import FlexIPInputError
 
@@ -49,20 +49,19 @@ def check_base_model(model, config):
 class GatedAttention:
     """One layer's attn2 replacement: the layer's own attention (or the patch it wraps) plus FlexIP."""
 
-    def __init__(self, key, kv_p, kv_s, gamma, strength, sigma_start, sigma_end, wrapped=None):
+    def __init__(self, key, kv_p, kv_s, gamma, strength, sigma_window=None, wrapped=None):
         self.key, self.name = key, layer_name(key)
-        self.kv = {"cpu": (kv_p, kv_s)}  # per (device, dtype): moved once, not at every step
+        self.kv_p, self.kv_s = kv_p, kv_s
         self.gamma, self.strength = gamma, strength
-        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self.sigma_window = sigma_window  # (start, end) sigmas, or None to act at every step
         self.wrapped = wrapped
+        # Weighted, stacked K/V per batch layout: built at the first step, reused at every other.
+        self.terms = {}
 
-    def branches(self, like):
-        where = (like.device, like.dtype)
-        if where not in self.kv:
-            kv_p, kv_s = self.kv["cpu"]
-            self.kv[where] = tuple({kind: tuple(t.to(like) for t in kv) for kind, kv in branch.items()}
-                                   for branch in (kv_p, kv_s))
-        return self.kv[where]
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options; nothing here changes after apply, so
+        # every clone can share this patch and its K/V.
+        return self
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -71,14 +70,20 @@ class GatedAttention:
             return optimized_attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
 
         base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
-        sigma = extra_options["sigmas"].max().item() if "sigmas" in extra_options else None
-        if sigma is not None and not (self.sigma_end <= sigma <= self.sigma_start):
+        if self.strength == 0:
             return base
-        chunks = extra_options["cond_or_uncond"]
+        if self.sigma_window is not None:  # only then: .item() waits for the GPU
+            sigma = extra_options["sigmas"].max().item()
+            if not self.sigma_window[1] <= sigma <= self.sigma_window[0]:
+                return base
+        chunks = tuple(extra_options["cond_or_uncond"])
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("FlexIP attn2 %s chunks %s", self.name, chunks)
-        kv_p, kv_s = self.branches(q)
-        return gated_attention(q, base, kv_p, kv_s, self.gamma, self.strength, heads, chunks, attention)
+            log.debug("FlexIP attn2 %s chunks %s", self.name, list(chunks))
+        layout = (q.device, q.dtype, chunks, q.shape[0])
+        if layout not in self.terms:
+            self.terms[layout] = weighted_branches(self.kv_p, self.kv_s, self.gamma, self.strength,
+                                                   chunks, q.shape[0], q)
+        return inject(q, base, self.terms[layout], heads, attention)
 
 
 class GatedApply:
@@ -125,7 +130,8 @@ class GatedApply:
         check_base_model(model, config)
         patched = model.clone()
         sampling = model.get_model_object("model_sampling")
-        sigma_start, sigma_end = sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at)
+        sigma_window = None if (start_at, end_at) == (0.0, 1.0) else (
+            sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         for key in flexip.projections.keys:
             kv_p, kv_s = {}, {}
@@ -133,5 +139,5 @@ class GatedApply:
                 (kv_p[kind], kv_s[kind]) = flexip.projections[key](preservation[kind], personalization[kind])
             wrapped = existing.get(key) or existing.get(key[:2])  # another pack's patch on this layer
             patched.set_model_attn2_replace(
-                GatedAttention(key, kv_p, kv_s, gamma, strength, sigma_start, sigma_end, wrapped), *key)
+                GatedAttention(key, kv_p, kv_s, gamma, strength, sigma_window, wrapped), *key)
         return (patched,)

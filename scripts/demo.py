@@ -63,19 +63,8 @@ def find_models():
 
 
 def sweep_prompt(names, image, size, steps, seed):
-    prompt = flexip_client.override(json.loads(SWEEP.read_text()), image=image, seed=seed)
-    for node in prompt.values():
-        inputs, kind = node["inputs"], node["class_type"]
-        if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = names["checkpoint"]
-        elif kind == "CLIPVisionLoader":
-            inputs["clip_name"] = names["dino" if "dino" in inputs["clip_name"] else "clip_vision"]
-        elif kind == "FlexIPLoader":
-            inputs["flexip_name"] = names["flexip"]
-        elif kind == "EmptyLatentImage":
-            inputs.update(width=size, height=size)
-        elif kind == "KSampler":
-            inputs["steps"] = steps
+    prompt = flexip_client.override(json.loads(SWEEP.read_text()), image=image, seed=seed, models=names,
+                                    size=size, steps=steps)
     gammas = [node["inputs"]["gamma"] for node in prompt.values() if node["class_type"] == "FlexIPGatedApply"]
     return prompt, gammas
 

@@ -105,20 +105,33 @@ def nodes_of(prompt, class_type, title=None):
     return found
 
 
-def override(prompt, image=None, prompt_text=None, gamma=None, seed=None):
-    """A copy of an API-format workflow with the given inputs replaced."""
+def override(prompt, image=None, prompt_text=None, gamma=None, seed=None, models=None, size=None, steps=None):
+    """A copy of an API-format workflow with the given inputs replaced.
+
+    models: {"checkpoint", "clip_vision", "dino", "flexip"} -> file name (any subset); the DINOv2
+    loader is the CLIPVisionLoader whose current file name mentions dino.
+    """
     prompt = json.loads(json.dumps(prompt))
-    if image is not None:
-        for node in nodes_of(prompt, "LoadImage"):
-            node["inputs"]["image"] = image
+    models = models or {}
+    for node in prompt.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "LoadImage" and image is not None:
+            inputs["image"] = image
+        elif kind == "FlexIPGatedApply" and gamma is not None:
+            inputs["gamma"] = gamma
+        elif kind == "KSampler":
+            inputs.update({k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None})
+        elif kind == "EmptyLatentImage" and size is not None:
+            inputs.update(width=size, height=size)
+        elif kind == "CheckpointLoaderSimple" and "checkpoint" in models:
+            inputs["ckpt_name"] = models["checkpoint"]
+        elif kind == "CLIPVisionLoader":
+            role = "dino" if "dino" in inputs["clip_name"].lower() else "clip_vision"
+            inputs["clip_name"] = models.get(role, inputs["clip_name"])
+        elif kind == "FlexIPLoader" and "flexip" in models:
+            inputs["flexip_name"] = models["flexip"]
     if prompt_text is not None:
         nodes_of(prompt, "CLIPTextEncode", "Positive")[0]["inputs"]["text"] = prompt_text
-    if gamma is not None:
-        for node in nodes_of(prompt, "FlexIPGatedApply"):
-            node["inputs"]["gamma"] = gamma
-    if seed is not None:
-        for node in nodes_of(prompt, "KSampler"):
-            node["inputs"]["seed"] = seed
     return prompt
 
 
@@ -130,12 +143,15 @@ def main():
     parser.add_argument("--prompt", help="text of the node titled 'Positive'")
     parser.add_argument("--gamma", type=float, help="0 = follow the prompt, 1 = keep the subject")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--size", type=int, help="image width and height in pixels")
+    parser.add_argument("--steps", type=int, help="sampling steps")
     parser.add_argument("--out", default=".", help="folder for the images")
     args = parser.parse_args()
 
     client = Client(args.server)
     image = client.upload_image(args.image) if args.image else None
-    prompt = override(json.loads(Path(args.workflow).read_text()), image, args.prompt, args.gamma, args.seed)
+    prompt = override(json.loads(Path(args.workflow).read_text()), image, args.prompt, args.gamma, args.seed,
+                      size=args.size, steps=args.steps)
     entry = client.run(prompt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,20 +79,8 @@ def test_prompt(model_files, reference_image):
     import flexip_client
 
     def make(name="flexip_basic_api.json", gamma=None, seed=1):
-        prompt = flexip_client.override(load_api_workflow(name), image=reference_image, gamma=gamma, seed=seed)
-        for node in prompt.values():
-            inputs = node["inputs"]
-            if node["class_type"] == "CheckpointLoaderSimple":
-                inputs["ckpt_name"] = model_files["checkpoint"]
-            elif node["class_type"] == "CLIPVisionLoader":
-                inputs["clip_name"] = model_files["dino" if "dino" in inputs["clip_name"] else "clip_vision"]
-            elif node["class_type"] == "FlexIPLoader":
-                inputs["flexip_name"] = model_files["flexip"]
-            elif node["class_type"] == "EmptyLatentImage":
-                inputs.update(width=TEST_LATENT, height=TEST_LATENT)
-            elif node["class_type"] == "KSampler":
-                inputs["steps"] = TEST_STEPS
-        return prompt
+        return flexip_client.override(load_api_workflow(name), image=reference_image, gamma=gamma, seed=seed,
+                                      models=model_files, size=TEST_LATENT, steps=TEST_STEPS)
     return make
 
 

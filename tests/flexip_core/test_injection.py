@@ -100,8 +100,8 @@ def test_gamma_one_is_preservation_only(setup, strength):
     rec = RecordingAttention()
     out = gated_attention(q, base, bp, bs, 1.0, strength, HEADS, kinds, attention=rec)
     torch.testing.assert_close(out, base + strength * ref_branch(q, bp, kinds, chunk), rtol=1e-12, atol=1e-12)
-    assert len(rec.keys) == len(kinds)                       # one call per chunk, P only
-    assert all(k.shape[1] == 20 for k in rec.keys)
+    assert len(rec.keys) == 1                                # P only: one call, chunks stacked
+    assert rec.keys[0].shape == (q.shape[0], 20, INNER)
     assert not any(rec.called_with(bs[kind][0]) for kind in (COND, UNCOND))
 
 
@@ -160,12 +160,14 @@ def test_each_chunk_gets_its_own_kind(kinds, chunk):
     rec = RecordingAttention()
     out = gated_attention(q, base, bp, bs, 0.4, 0.8, HEADS, kinds, attention=rec)
     torch.testing.assert_close(out, ref_gated(q, base, bp, bs, 0.4, 0.8, kinds, chunk), rtol=1e-12, atol=1e-12)
-    # Calls: P for each chunk in order, then S for each chunk in order, each with the chunk's batch.
-    expected = [bp[kind][0] for kind in kinds] + [bs[kind][0] for kind in kinds]
+    # Calls: P once, its K stacked over the chunks in order (equal token counts); then S once per
+    # chunk in order where the chunks' token counts differ, else once, stacked.
+    stacked_p = torch.cat([bp[kind][0].expand(chunk, -1, -1) for kind in kinds])
+    s_keys = [bs[kind][0].expand(chunk, -1, -1) for kind in kinds]
+    expected = [stacked_p] + (s_keys if len({bs[kind][0].shape[1] for kind in kinds}) > 1 else [torch.cat(s_keys)])
     assert len(rec.keys) == len(expected)
     for got, want in zip(rec.keys, expected):
-        assert got.shape == (chunk, want.shape[1], INNER)
-        assert torch.equal(got, want.expand(chunk, -1, -1))
+        assert torch.equal(got, want)
 
 
 def test_swapping_chunk_order_swaps_outputs(setup):

@@ -1,6 +1,7 @@
 """GatedApply on ComfyUI's real SD1.5 UNet (the random full-shape checkpoint), in this process:
 which layers it patches, how it wraps another pack's patch, start_at / end_at, and that one
 UNet call fires each patch once."""
+import copy
 import dataclasses
 
 import pytest
@@ -115,16 +116,20 @@ def test_start_and_end_limit_the_sigmas_flexip_acts_on(pack, sd15_model, flexip,
     assert not torch.allclose(layer(q, k, v, late), base)
 
 
-def test_kv_are_computed_once_and_moved_once(pack, sd15_model, flexip, tokens):
+def test_kv_are_computed_once_and_weighted_once_per_batch_layout(pack, sd15_model, flexip, tokens):
     model, _ = sd15_model
     layer = attn2_patches(apply(pack, model, flexip, tokens))[("output", 11, 0)]
-    (k_p, _), (k_s, _) = layer.kv["cpu"][0][COND], layer.kv["cpu"][1][COND]
     projections = flexip.projections[("output", 11, 0)]
-    assert torch.equal(k_p, projections.to_k_p(tokens[0][COND]))
-    assert k_s.shape == (1, 154, 320) and layer.kv["cpu"][1][UNCOND][0].shape == (1, 77, 320)
+    assert torch.equal(layer.kv_p[COND][0], projections.to_k_p(tokens[0][COND]))
+    assert layer.kv_s[COND][0].shape == (1, 154, 320) and layer.kv_s[UNCOND][0].shape == (1, 77, 320)
     q = torch.randn(2, 64, 320, dtype=torch.float16)
-    first = layer.branches(q)
-    assert layer.branches(q) is first and first[0][COND][0].dtype == torch.float16
+    options = {"n_heads": 8, "cond_or_uncond": [1, 0]}
+    first = layer(q, q, q, options)
+    terms = layer.terms[(q.device, q.dtype, (1, 0), 2)]
+    assert terms[0][0][1].dtype == torch.float16 and len(terms[1]) == 2  # S: 154 vs 77 tokens, per chunk
+    assert torch.equal(layer(q, q, q, options), first) and layer.terms[(q.device, q.dtype, (1, 0), 2)] is terms
+    assert len(layer.terms) == 1
+    assert copy.deepcopy(layer) is layer  # ModelPatcher.clone() shares the patch and its K/V
 
 
 def test_non_sd15_models_are_refused(pack, sd15_model, flexip, tokens):
