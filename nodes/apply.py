@@ -1,4 +1,5 @@
 """GatedApply: patch the SD1.5 UNet's 16 cross-attentions with FlexIP's gated injection."""
+import copy
 import logging
 import math
 
@@ -59,9 +60,12 @@ class GatedAttention:
         self.terms = {}
 
     def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options; nothing here changes after apply, so
-        # every clone can share this patch and its K/V.
-        return self
+        # ModelPatcher.clone() deep-copies model_options. The K/V never change after apply, so
+        # clones share them; the wrapped patch is copied with the same memo, so it stays the
+        # object the clone's patch table holds (ComfyUI calls .to(device) on that one).
+        clone = copy.copy(self)
+        clone.wrapped = copy.deepcopy(self.wrapped, memo)
+        return clone
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]

@@ -95,7 +95,9 @@ def test_wraps_another_packs_patch(pack, sd15_model, flexip, tokens):
     unet_call(both)
     assert len(foreign.calls) == alone, "FlexIP dropped or duplicated the other pack's patch"
     layer = attn2_patches(both)[("input", 1, 0)]
-    assert type(layer.wrapped) is ForeignPatch
+    assert layer.wrapped is attn2_patches(both)[("input", 1)]
+    cloned = both.clone()  # a later node's clone: the copy still wraps its own table's entry
+    assert attn2_patches(cloned)[("input", 1, 0)].wrapped is attn2_patches(cloned)[("input", 1)]
     q, k, v = (torch.randn(2, 64, 320) for _ in range(3))
     options = {"n_heads": 8, "cond_or_uncond": [0, 1], "sigmas": torch.ones(2), "block": ("input", 1)}
     layer.strength = 0.0
@@ -129,7 +131,8 @@ def test_kv_are_computed_once_and_weighted_once_per_batch_layout(pack, sd15_mode
     assert terms[0][0][1].dtype == torch.float16 and len(terms[1]) == 2  # S: 154 vs 77 tokens, per chunk
     assert torch.equal(layer(q, q, q, options), first) and layer.terms[(q.device, q.dtype, (1, 0), 2)] is terms
     assert len(layer.terms) == 1
-    assert copy.deepcopy(layer) is layer  # ModelPatcher.clone() shares the patch and its K/V
+    clone = copy.deepcopy(layer)  # what ModelPatcher.clone() does to model_options
+    assert clone.kv_p is layer.kv_p and clone.terms is layer.terms
 
 
 def test_non_sd15_models_are_refused(pack, sd15_model, flexip, tokens):
