@@ -39,15 +39,18 @@ def model_files(comfy):
 
 @pytest.fixture(scope="session")
 def server(model_files):
-    """The pinned ComfyUI on 127.0.0.1 with this pack in custom_nodes, logging at DEBUG (the
-    FlexIP patches log each call there)."""
+    """The pinned ComfyUI on 127.0.0.1 with this pack and tests/host/test_only_nodes in
+    custom_nodes, logging at DEBUG (the FlexIP patches log each call there)."""
     from comfy_server import ComfyServer
     test_nodes = COMFYUI / "custom_nodes" / "flexip_test_only_nodes"
     if not test_nodes.is_symlink():
         test_nodes.symlink_to(REPO / "tests" / "host" / "test_only_nodes", target_is_directory=True)
-    srv = ComfyServer(verbose=True).start()
-    yield srv
-    srv.stop()
+    try:
+        srv = ComfyServer(verbose=True).start()
+        yield srv
+        srv.stop()
+    finally:
+        test_nodes.unlink()  # the demo and a user's server on this host must not see it
 
 
 @pytest.fixture(scope="session")
