@@ -43,11 +43,17 @@ class FlexIPLoader:
         path = folder_paths.get_full_path(FOLDER, flexip_name)
         return os.path.getmtime(path) if path else ""
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, flexip_name):
+        # Replaces ComfyUI's bare "Value not in list" with what to do about it.
+        if folder_paths.get_full_path(FOLDER, flexip_name) is None:
+            return (f"FlexIPLoader, input 'flexip_name': no file '{flexip_name}' in models/flexip. Fix: put the "
+                    "FlexIP .safetensors file in ComfyUI/models/flexip (or a 'flexip:' folder of "
+                    "extra_model_paths.yaml) and refresh the page (R).")
+        return True
+
     def load(self, flexip_name):
-        path = folder_paths.get_full_path(FOLDER, flexip_name)
-        if path is None:
-            raise FlexIPInputError("FlexIPLoader", "flexip_name", f"no file '{flexip_name}' in models/flexip.",
-                                   "put the FlexIP .safetensors file in ComfyUI/models/flexip and refresh (press R).")
+        path = folder_paths.get_full_path_or_raise(FOLDER, flexip_name)
         try:
             return (load_cached(path),)
         except FlexIPWeightError as e:

@@ -54,7 +54,9 @@ def test_missing_flexip_file(client, test_prompt):
     prompt["7"]["inputs"]["flexip_name"] = "no-such-flexip.safetensors"
     errors = refused(client, prompt)
     assert errors["7"]["class_type"] == "FlexIPLoader"
-    assert "no-such-flexip.safetensors" in json.dumps(errors["7"]["errors"])
+    details = json.dumps(errors["7"]["errors"])
+    assert "input 'flexip_name': no file 'no-such-flexip.safetensors' in models/flexip" in details
+    assert "Fix: put the FlexIP .safetensors file in ComfyUI/models/flexip" in details
 
 
 def test_corrupted_flexip_file(client, test_prompt):
@@ -83,7 +85,7 @@ def test_sdxl_shaped_model(client, test_prompt):
 def test_gamma_out_of_range(client, test_prompt, gamma):
     errors = refused(client, test_prompt(gamma=gamma))
     assert errors["11"]["class_type"] == "FlexIPGatedApply"
-    assert "gamma" in json.dumps(errors["11"]["errors"])
+    assert "input 'gamma'" in json.dumps(errors["11"]["errors"]) and "Fix: set gamma between 0.0 and 1.0" in json.dumps(errors["11"]["errors"])
 
 
 def test_empty_image_batch(client, test_prompt):
