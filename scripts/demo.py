@@ -6,6 +6,7 @@ Queues example_workflows/api/flexip_gamma_sweep_api.json (gamma 0, 0.25, 0.5, 0.
 the HTTP API and writes a labelled contact sheet PNG.
 """
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -29,21 +30,18 @@ MODELS = {
 
 
 class Stages:
+    """with stages("name"): ... prints and records how long each stage took."""
+
     def __init__(self):
         self.times = []
 
+    @contextlib.contextmanager
     def __call__(self, name):
-        stages = self
-
-        class Stage:
-            def __enter__(self):
-                print(f"[demo] {name} ...", flush=True)
-                self.start = time.time()
-
-            def __exit__(self, *exc):
-                stages.times.append((name, time.time() - self.start))
-                print(f"[demo] {name}: {stages.times[-1][1]:.1f} s", flush=True)
-        return Stage()
+        print(f"[demo] {name} ...", flush=True)
+        start = time.time()
+        yield
+        self.times.append((name, time.time() - start))
+        print(f"[demo] {name}: {self.times[-1][1]:.1f} s", flush=True)
 
 
 def find_models():
