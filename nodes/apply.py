@@ -1,5 +1,4 @@
 """GatedApply: patch the SD1.5 UNet's 16 cross-attentions with FlexIP's gated injection."""
-import copy
 import logging
 import math
 
@@ -7,87 +6,26 @@ import torch
 
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..flexip_core.injection import inject, weighted_branches
+from ..flexip_core.patch import GatedAttention, unet_mismatch
 from ..flexip_core.projections import layer_name
 from .errors import FlexIPInputError
 
 NODE = "GatedApply"
 log = logging.getLogger("comfyui-flexip")
-# Cross-attention context widths of the base models a user may connect by mistake.
-CONTEXT_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
-
-
-def cross_attentions(diffusion_model):
-    """{(block, index, transformer_index): attn2} of a UNet, keyed as ComfyUI's attn2 patches are."""
-    blocks = [("input", i, b) for i, b in enumerate(getattr(diffusion_model, "input_blocks", []))]
-    if hasattr(diffusion_model, "middle_block"):
-        blocks.append(("middle", 0, diffusion_model.middle_block))
-    blocks += [("output", i, b) for i, b in enumerate(getattr(diffusion_model, "output_blocks", []))]
-    found = {}
-    for name, index, block in blocks:
-        for module in block.modules():
-            for t, transformer in enumerate(getattr(module, "transformer_blocks", [])):
-                if getattr(transformer, "attn2", None) is not None:
-                    found[(name, index, t)] = transformer.attn2
-    return found
 
 
 def check_base_model(model, config):
     """The model must have exactly the cross-attention layers, widths and context FlexIP was trained for."""
-    base = type(model.model.model_config).__name__
-    layers = cross_attentions(model.model.diffusion_model)
-    widths = {attn.to_k.in_features for attn in layers.values()}
-    expected = dict(config.layers)
-    if widths != {config.context_dim} or set(layers) != set(expected) or any(
-            layers[key].to_k.out_features != inner for key, inner in expected.items()):
-        seen = ", ".join(CONTEXT_WIDTHS.get(w, f"{w}-wide") for w in sorted(widths)) or "no cross-attention"
-        raise FlexIPInputError(NODE, "model", f"this model ({base}: {len(layers)} cross-attention layers, context "
-                               f"{seen}) is not the SD1.5 UNet FlexIP ({config.name}) was trained for "
-                               f"({len(expected)} layers, context {config.context_dim}).",
+    problem = unet_mismatch(model.model.diffusion_model, config)
+    if problem:
+        raise FlexIPInputError(NODE, "model", f"this model ({type(model.model.model_config).__name__}: {problem}",
                                "load an SD1.5 checkpoint (SDXL, SD2 and other models are not supported).")
 
 
-class GatedAttention:
-    """One layer's attn2 replacement: the layer's own attention (or the patch it wraps) plus FlexIP."""
-
-    def __init__(self, key, kv_p, kv_s, gamma, strength, sigma_window=None, wrapped=None):
-        self.key, self.name = key, layer_name(key)
-        self.kv_p, self.kv_s = kv_p, kv_s
-        self.gamma, self.strength = gamma, strength
-        self.sigma_window = sigma_window  # (start, end) sigmas, or None to act at every step
-        self.wrapped = wrapped
-        # Weighted, stacked K/V per batch layout: built at the first step, reused at every other.
-        self.terms = {}
-
-    def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options. The K/V never change after apply, so
-        # clones share them; the wrapped patch is copied with the same memo, so it stays the
-        # object the clone's patch table holds (ComfyUI calls .to(device) on that one).
-        clone = copy.copy(self)
-        clone.wrapped = copy.deepcopy(self.wrapped, memo)
-        return clone
-
-    def __call__(self, q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-
-        def attention(q_, k_, v_, heads_):
-            return optimized_attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
-
-        base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
-        if self.strength == 0:
-            return base
-        if self.sigma_window is not None:  # only then: .item() waits for the GPU
-            sigma = extra_options["sigmas"].max().item()
-            if not self.sigma_window[1] <= sigma <= self.sigma_window[0]:
-                return base
-        chunks = tuple(extra_options["cond_or_uncond"])
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("FlexIP attn2 %s chunks %s", self.name, list(chunks))
-        layout = (q.device, q.dtype, chunks, q.shape[0])
-        if layout not in self.terms:
-            self.terms[layout] = weighted_branches(self.kv_p, self.kv_s, self.gamma, self.strength,
-                                                   chunks, q.shape[0], q)
-        return inject(q, base, self.terms[layout], heads, attention)
+def log_call(key, chunks):
+    # The host tests count patch calls per layer and CFG chunk from this DEBUG line.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("FlexIP attn2 %s chunks %s", layer_name(key), list(chunks))
 
 
 class GatedApply:
@@ -143,5 +81,6 @@ class GatedApply:
                 (kv_p[kind], kv_s[kind]) = flexip.projections[key](preservation[kind], personalization[kind])
             wrapped = existing.get(key) or existing.get(key[:2])  # another pack's patch on this layer
             patched.set_model_attn2_replace(
-                GatedAttention(key, kv_p, kv_s, gamma, strength, sigma_window, wrapped), *key)
+                GatedAttention(key, kv_p, kv_s, gamma, strength, optimized_attention, sigma_window, wrapped,
+                               on_call=log_call), *key)
         return (patched,)

@@ -1,0 +1,104 @@
+"""FlexIP as a UNet attn2 replace patch: the one injection path of the nodes, training and
+evaluation.
+
+ComfyUI calls a patch registered in transformer_options["patches_replace"]["attn2"] with
+(q, k, v, extra_options) in place of a cross-attention's own attention, before its to_out.
+The patch returns that attention (or another pack's patch it wraps) plus FlexIP's gated
+branches. It only reads extra_options and is handed the host's attention function, so this
+module needs no ComfyUI import.
+"""
+import copy
+
+from .injection import inject, weighted_branches
+from .projections import layer_name
+
+# Cross-attention context widths of the base models a user may connect by mistake.
+CONTEXT_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+
+
+def cross_attentions(diffusion_model):
+    """{(block, index, transformer_index): attn2} of a UNet, keyed as ComfyUI's attn2 patches are."""
+    blocks = [("input", i, b) for i, b in enumerate(getattr(diffusion_model, "input_blocks", []))]
+    if hasattr(diffusion_model, "middle_block"):
+        blocks.append(("middle", 0, diffusion_model.middle_block))
+    blocks += [("output", i, b) for i, b in enumerate(getattr(diffusion_model, "output_blocks", []))]
+    found = {}
+    for name, index, block in blocks:
+        for module in block.modules():
+            for t, transformer in enumerate(getattr(module, "transformer_blocks", [])):
+                if getattr(transformer, "attn2", None) is not None:
+                    found[(name, index, t)] = transformer.attn2
+    return found
+
+
+def unet_mismatch(diffusion_model, config):
+    """None if the UNet has exactly the cross-attention layers, widths and context of `config`,
+    else what differs, worded for the user."""
+    layers = cross_attentions(diffusion_model)
+    widths = {attn.to_k.in_features for attn in layers.values()}
+    expected = dict(config.layers)
+    if widths == {config.context_dim} and set(layers) == set(expected) and all(
+            layers[key].to_k.out_features == inner for key, inner in expected.items()):
+        return None
+    seen = ", ".join(CONTEXT_WIDTHS.get(w, f"{w}-wide") for w in sorted(widths)) or "no cross-attention"
+    return (f"{len(layers)} cross-attention layers, context {seen}) is not the UNet FlexIP ({config.name}) "
+            f"was trained for ({len(expected)} layers, context {config.context_dim}).")
+
+
+class GatedAttention:
+    """One layer's attn2 replacement: the layer's own attention (or the patch it wraps) plus FlexIP.
+
+    kv_p, kv_s: {COND/UNCOND: (K, V)} of the two branches in this layer's inner width, K and V
+    [1 or rows, N, inner]. gamma: a number, or a tensor [B] of per-sample gammas (training).
+    attention(q, k, v, heads, attn_precision=None): the host's attention (ComfyUI's
+    optimized_attention), so the branches run exactly the kernel the layer itself runs.
+    sigma_window: (start, end) sigmas outside which FlexIP is off, or None for every step.
+    on_call: optional callback(key, chunks), e.g. a debug log.
+    cache_terms: keep the weighted K/V per batch layout across calls (sampling). Training passes
+    False: its K/V change every step, and gradient checkpointing must recompute them.
+    """
+
+    def __init__(self, key, kv_p, kv_s, gamma, strength, attention, sigma_window=None, wrapped=None,
+                 on_call=None, cache_terms=True):
+        self.key, self.name = key, layer_name(key)
+        self.kv_p, self.kv_s = kv_p, kv_s
+        self.gamma, self.strength = gamma, strength
+        self.attention = attention
+        self.sigma_window = sigma_window
+        self.wrapped = wrapped
+        self.on_call = on_call
+        self.cache_terms = cache_terms
+        # Weighted, stacked K/V per batch layout: built at the first step, reused at every other.
+        self.terms = {}
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options. The K/V never change after apply, so
+        # clones share them; the wrapped patch is copied with the same memo, so it stays the
+        # object the clone's patch table holds (ComfyUI calls .to(device) on that one).
+        clone = copy.copy(self)
+        clone.wrapped = copy.deepcopy(self.wrapped, memo)
+        return clone
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+
+        def attention(q_, k_, v_, heads_):
+            return self.attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
+
+        base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
+        if isinstance(self.strength, (int, float)) and self.strength == 0:
+            return base
+        if self.sigma_window is not None:  # only then: .item() waits for the GPU
+            sigma = extra_options["sigmas"].max().item()
+            if not self.sigma_window[1] <= sigma <= self.sigma_window[0]:
+                return base
+        chunks = tuple(extra_options["cond_or_uncond"])
+        if self.on_call is not None:
+            self.on_call(self.key, chunks)
+        layout = (q.device, q.dtype, chunks, q.shape[0])
+        terms = self.terms.get(layout)
+        if terms is None:
+            terms = weighted_branches(self.kv_p, self.kv_s, self.gamma, self.strength, chunks, q.shape[0], q)
+            if self.cache_terms:
+                self.terms[layout] = terms
+        return inject(q, base, terms, heads, attention)
