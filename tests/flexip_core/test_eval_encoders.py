@@ -1,0 +1,89 @@
+"""Loading the evaluation encoders from local files: the layouts users have, and clear refusals."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flexip_core.encoders import DINOV2_HUB_TO_TRANSFORMERS5, DINOV2_LARGE
+from flexip_core.eval_encoders import dinov2_config, load_dinov2, load_open_clip
+from tests.flexip_eval.tiny_models import TINY_CLIP_CONFIG, TINY_DINO, tiny_dinov2, tiny_open_clip
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    return tiny_open_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def test_a_state_dict_file_with_a_registered_architecture_name(clip_folder, tmp_path):
+    import open_clip
+    config = tmp_path / "flexip-test-tiny.json"  # open_clip registers architectures by file name
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    weights = shutil.copy(clip_folder / "open_clip_model.safetensors", tmp_path / "weights.safetensors")
+    by_name = load_open_clip(weights, model="flexip-test-tiny")
+    by_folder = load_open_clip(clip_folder)
+    image = [torch.rand(20, 20, 3, generator=torch.Generator().manual_seed(3))]
+    # Same weights, but the built-in route uses CLIP's own mean/std, not the folder's preprocess_cfg.
+    assert by_name.spec.mean != by_folder.spec.mean
+    assert torch.allclose(by_name.texts(["a cat"]), by_folder.texts(["a cat"]))
+    with pytest.raises(ValueError, match="say which open_clip architecture"):
+        load_open_clip(weights)
+    with pytest.raises(ValueError, match="not an open_clip architecture"):
+        load_open_clip(weights, model="ViT-Q-99")
+    assert by_name.images(image).shape == (1, 768)
+
+
+def test_refusals_name_the_file_and_the_fix(clip_folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_open_clip(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        load_open_clip(tmp_path)
+    hub = tmp_path / "hf-text"
+    shutil.copytree(clip_folder, hub)
+    config = json.loads((hub / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = "xlm-roberta-base"
+    (hub / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="never downloads"):
+        load_open_clip(hub)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(clip_folder, wrong)
+    state = load_file(wrong / "open_clip_model.safetensors")
+    state["text_projection"] = state["text_projection"][:, :100].contiguous()
+    del state["logit_scale"]
+    save_file(state, wrong / "open_clip_model.safetensors")
+    with pytest.raises(ValueError, match=r"does not match.*missing \['logit_scale'\]; wrong shape \['text_projection \(64, 100\)"):
+        load_open_clip(wrong)
+    two = tmp_path / "two"
+    shutil.copytree(clip_folder, two)
+    (two / "open_clip_model.safetensors").rename(two / "a.safetensors")
+    shutil.copy(two / "a.safetensors", two / "b.safetensors")
+    with pytest.raises(FileNotFoundError, match="exactly one .safetensors"):
+        load_open_clip(two)
+
+
+def test_dinov2_configuration_is_read_from_the_shapes():
+    from transformers import Dinov2Config, Dinov2Model
+    with torch.device("meta"):
+        state = Dinov2Model(Dinov2Config(**DINOV2_LARGE)).state_dict()
+    for hub, new in DINOV2_HUB_TO_TRANSFORMERS5:
+        state = {k.replace(new, hub): v for k, v in state.items()}
+    assert dinov2_config(state) == {**DINOV2_LARGE, "use_swiglu_ffn": False}
+    tiny = dinov2_config(state, heads=8)
+    assert tiny["num_attention_heads"] == 8
+
+
+def test_dinov2_with_transformers5_names_is_refused(tmp_path):
+    path = tiny_dinov2(tmp_path / "dino.safetensors")
+    encoder = load_dinov2(path, heads=TINY_DINO["num_attention_heads"], resolution=32)
+    assert encoder.spec.resolution == 32 and "width 128, 2 layers, patch 8" in encoder.name
+    state = load_file(path)
+    for hub, new in DINOV2_HUB_TO_TRANSFORMERS5:
+        state = {k.replace(hub, new): v for k, v in state.items()}
+    save_file(state, tmp_path / "renamed.safetensors")
+    with pytest.raises(ValueError, match="transformers-5 tensor names"):
+        load_dinov2(tmp_path / "renamed.safetensors")
+    save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a hub-format DINOv2"):
+        load_dinov2(tmp_path / "other.safetensors")
