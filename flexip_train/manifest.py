@@ -1,0 +1,347 @@
+"""The training manifest: a JSONL file, one sample per line, and the files a sample names.
+
+A line (fields other than these are refused, so a misspelt one is caught):
+
+    {"modality": "image", "references": ["cats/tom.jpg"], "target": "cats/tom.jpg",
+     "caption": "a grey cat on a sofa", "mask": "cats/tom.mask.png"}
+    {"modality": "video", "references": ["clips/walk.mp4"], "target": "clips/walk.mp4",
+     "caption": "a man walking a dog", "frames": [3, 17]}
+    {"modality": "multiview", "references": ["mugs/red/0.png"], "target": "mugs/red/3.png",
+     "caption": "a red mug"}
+
+- modality: "image" (invariant: the target is the reference picture itself), "video" (two frames
+  of one video or frame folder) or "multiview" (two views of one object); video and multiview are
+  the paper's "variant" data.
+- references: one path or a list; for video the one video file or frame folder. target: for video
+  the same path as the reference; may be left out for image and video (then it is the reference).
+- caption: the text of the target, not empty. mask: optional, the reference subject's mask (white =
+  subject), the reference's size; only with one reference, and for video only with fixed frames.
+- frames: video only, [reference frame, target frame] counted from 0 in decoding order (for a frame
+  folder: in the order of the numbers in the file names); left out, the dataset draws a random pair.
+
+Paths are relative to the manifest's folder (absolute ones are allowed); read_manifest resolves
+them. Reading is cheap (no decoding): a bad line or a missing file becomes a Problem, never an error;
+files that cannot be decoded are found by the builders and, at training time, by the dataset.
+"""
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+from PIL import Image, ImageOps
+
+from flexip_core.preprocess import BACKGROUND
+
+MODALITIES = ("image", "video", "multiview")
+VARIANT_MODALITIES = ("video", "multiview")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+MASK_SUFFIX = ".mask.png"
+FIELDS = ("modality", "references", "target", "caption", "mask", "frames")
+ORIENTATION_TAG = 0x0112  # EXIF
+# Video frame pairs (our choice; the paper does not say): frames at least MIN_GAP apart so the
+# pair shows a change, at most MAX_GAP (about a second at 30 fps) so it shows the same subject.
+MIN_GAP = 4
+MAX_GAP = 32
+
+
+@dataclass(frozen=True)
+class Sample:
+    modality: str
+    references: tuple[str, ...]
+    target: str
+    caption: str
+    mask: str | None = None
+    frames: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        if not isinstance(self.references, tuple) or not self.references \
+                or not all(isinstance(p, str) and p for p in self.references):
+            raise ValueError(f"references must be a non-empty tuple of paths, got {self.references!r}")
+        if not isinstance(self.target, str) or not self.target:
+            raise ValueError(f"target must be a path, got {self.target!r}")
+        if not isinstance(self.caption, str) or not self.caption.strip():
+            raise ValueError("missing caption")
+        if self.mask is not None and len(self.references) != 1:
+            raise ValueError(f"a mask goes with one reference, got {len(self.references)}")
+        if self.modality == "video":
+            if len(self.references) != 1 or self.target != self.references[0]:
+                raise ValueError("a video sample takes its two frames from one video: one reference, "
+                                 "and the target is the same path")
+            if self.mask is not None and self.frames is None:
+                raise ValueError("a video sample's mask is of one frame: give the frames too")
+        if self.frames is not None:
+            if self.modality != "video":
+                raise ValueError(f"frames are for video samples, not {self.modality}")
+            if not isinstance(self.frames, tuple) or len(self.frames) != 2 \
+                    or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in self.frames):
+                raise ValueError(f"frames must be two frame indices >= 0, got {self.frames!r}")
+
+    @property
+    def is_variant(self):
+        return self.modality in VARIANT_MODALITIES
+
+    def paths(self):
+        """Every file or folder the sample names, once each."""
+        return tuple(dict.fromkeys((*self.references, self.target) + ((self.mask,) if self.mask else ())))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a sample was left out: where (a path, or manifest path:line), a short reason that
+    summaries group by, and the details (an exception's message, a count)."""
+    path: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self):
+        return f"{self.path}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+def summarize(samples, problems, what="samples"):
+    """'N samples; M skipped' then one line per reason with its count and every path."""
+    lines = [f"{len(samples)} {what}; {len(problems)} skipped" + (":" if problems else "")]
+    by_reason = defaultdict(list)
+    for problem in problems:
+        by_reason[problem.reason].append(problem)
+    for reason, group in sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {reason}: {len(group)}")
+        lines.extend(f"    {p.path}" + (f" ({p.detail})" if p.detail else "") for p in group)
+    return "\n".join(lines)
+
+
+# --- The files a sample names: finding and decoding them (PIL and PyAV) -----------------------
+
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def is_image_file(path):
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.lower().endswith(MASK_SUFFIX)
+
+
+def list_frames(folder):
+    """A frame folder's frames in order: its images whose names end in a number, by that number."""
+    numbered = []
+    for path in Path(folder).iterdir():
+        match = _TRAILING_NUMBER.search(path.stem)
+        if match and path.is_file() and is_image_file(path):
+            numbered.append((int(match.group(1)), path.name, path))
+    return [path for _, _, path in sorted(numbered)]
+
+
+def load_image(path, min_side=None):
+    """-> (RGB PIL image, its full (width, height)). Upright per EXIF; transparency composited over
+    the preprocessing's BACKGROUND grey. min_side: a JPEG may be decoded at a reduced scale whose
+    shorter side is still at least this (far faster for photos larger than the training size)."""
+    with Image.open(path) as image:
+        full_size = _upright_size(image)
+        if min_side is not None:
+            image.draft("RGB", _draft_request(full_size, image.size, min_side))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            grey = Image.new("RGBA", rgba.size, (round(255 * BACKGROUND),) * 3 + (255,))
+            return Image.alpha_composite(grey, rgba).convert("RGB"), full_size
+        return image.convert("RGB"), full_size
+
+
+def _upright_size(image):
+    width, height = image.size
+    return (height, width) if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8) else (width, height)
+
+
+def _draft_request(upright, stored, min_side):
+    scale = min_side / min(upright)  # draft() keeps both sides at least the requested ones
+    return (math.ceil(stored[0] * scale), math.ceil(stored[1] * scale))
+
+
+def load_mask(path, size):
+    """A mask as a greyscale PIL image (white = subject); it must be size (width, height) upright."""
+    with Image.open(path) as mask:
+        mask = ImageOps.exif_transpose(mask).convert("L")
+    if mask.size != tuple(size):
+        raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}")
+    return mask
+
+
+def frame_count(path):
+    """Frames in a frame folder, or in a video's first video stream: the container's count, or,
+    where the container does not store one (WebM, MKV), by decoding. Raises what PyAV raises."""
+    if Path(path).is_dir():
+        return len(list_frames(path))
+    with av.open(str(path)) as container:
+        stream = video_stream(container)
+        return stream.frames or count_decoded_frames(container, stream)
+
+
+def count_decoded_frames(container, stream):
+    stream.thread_type = "AUTO"
+    return sum(1 for _ in container.decode(stream))
+
+
+def video_stream(container):
+    if not container.streams.video:
+        raise ValueError("no video stream")
+    return container.streams.video[0]
+
+
+def read_frames(path, indices):
+    """{index: RGB PIL image} for frame indices of a video or frame folder. A video is decoded
+    from its start: frame numbers then mean the same in every container, variable frame rates
+    included. Raises ValueError when there are fewer frames."""
+    wanted = sorted(set(indices))
+    if Path(path).is_dir():
+        frames = list_frames(path)
+        if wanted[-1] >= len(frames):
+            raise ValueError(f"the frame folder has {len(frames)} frames, frame {wanted[-1]} asked for")
+        return {i: load_image(frames[i])[0] for i in wanted}
+    found, decoded = {}, 0
+    with av.open(str(path)) as container:
+        stream = video_stream(container)
+        stream.thread_type = "AUTO"
+        for decoded, frame in enumerate(container.decode(stream), start=1):
+            if decoded - 1 in wanted:
+                found[decoded - 1] = frame.to_image()
+            if decoded > wanted[-1]:
+                break
+    if len(found) < len(wanted):
+        raise ValueError(f"the video ends after {decoded} frame{'s' * (decoded != 1)}, frame {wanted[-1]} asked for")
+    return found
+
+
+# --- Reading and writing ------------------------------------------------------------------------
+
+class InvalidSample(ValueError):
+    """A manifest line that is not a sample; reason is what summaries group by."""
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def _resolve(value, base):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a path must be a non-empty string, got {value!r}")
+    return os.path.normpath(os.path.join(base, value))  # an absolute value stays as it is
+
+
+def sample_from_record(record, base):
+    """One parsed JSON line -> Sample with its paths resolved against base. Raises InvalidSample."""
+    try:
+        return _sample_from_record(record, base)
+    except InvalidSample:
+        raise
+    except (ValueError, TypeError) as error:
+        raise InvalidSample("invalid sample", str(error)) from None
+
+
+def _sample_from_record(record, base):
+    if not isinstance(record, dict):
+        raise ValueError(f"a line must be a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field {', '.join(map(repr, unknown))} (the fields are {', '.join(FIELDS)})")
+    caption = record.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise InvalidSample("missing caption", "no caption field" if caption is None else f"caption {caption!r}")
+    modality = record.get("modality")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    references = record.get("references")
+    if isinstance(references, str):
+        references = [references]
+    if not isinstance(references, list) or not references:
+        raise ValueError("references must be a path or a non-empty list of paths")
+    references = tuple(_resolve(r, base) for r in references)
+    target = record.get("target")
+    if target is None and modality in ("image", "video") and len(references) == 1:
+        target = references[0]
+    elif target is None:
+        raise ValueError("missing target")
+    else:
+        target = _resolve(target, base)
+    mask = record.get("mask")
+    frames = record.get("frames")
+    if frames is not None:
+        if not isinstance(frames, list):
+            raise ValueError(f"frames must be a list of two frame indices, got {frames!r}")
+        frames = tuple(frames)
+    return Sample(modality=modality, references=references, target=target, caption=caption,
+                  mask=None if mask is None else _resolve(mask, base), frames=frames)
+
+
+def read_manifest(path):
+    """-> (samples, problems). A malformed line, an invalid sample or a missing file is a Problem
+    at 'path:line'; blank lines are ignored. Nothing is decoded."""
+    path = Path(path)
+    base = str(path.resolve().parent)
+    samples, problems = [], []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                problems.append(Problem(where, "malformed line", str(error)))
+                continue
+            try:
+                sample = sample_from_record(record, base)
+            except InvalidSample as error:
+                problems.append(Problem(where, error.reason, error.detail))
+                continue
+            missing = [p for p in sample.paths() if not os.path.exists(p)]
+            if missing:
+                problems.append(Problem(where, "missing file", ", ".join(missing)))
+                continue
+            samples.append(sample)
+    return samples, problems
+
+
+def _portable(path, base):
+    """Relative to base when the file is inside base's tree, else absolute."""
+    absolute = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(absolute, base)
+    except ValueError:  # another drive (Windows)
+        return absolute
+    return absolute if relative == os.pardir or relative.startswith(os.pardir + os.sep) else Path(relative).as_posix()
+
+
+def sample_to_record(sample, base):
+    record = {"modality": sample.modality,
+              "references": [_portable(r, base) for r in sample.references],
+              "target": _portable(sample.target, base),
+              "caption": sample.caption}
+    if sample.mask is not None:
+        record["mask"] = _portable(sample.mask, base)
+    if sample.frames is not None:
+        record["frames"] = list(sample.frames)
+    return record
+
+
+def _last_byte(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def write_manifest(samples, path, append=False):
+    """Write samples as JSONL (paths relative to the manifest's folder where they are inside it).
+    append: add to an existing file instead of replacing it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = str(path.resolve().parent)
+    ends_mid_line = append and path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+    with open(path, "a" if append else "w", encoding="utf-8") as out:
+        if ends_mid_line:
+            out.write("\n")
+        for sample in samples:
+            out.write(json.dumps(sample_to_record(sample, base), ensure_ascii=False) + "\n")

@@ -1,0 +1,170 @@
+"""The manifest: Sample rules, JSONL reading (bad lines are problems, not errors) and writing,
+the summary, and the cheap file helpers (frame order and count, image loading)."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flexip_core.preprocess import BACKGROUND
+from flexip_train.manifest import (Problem, Sample, frame_count, list_frames, load_image, load_mask, read_frames,
+                                   read_manifest, summarize, write_manifest)
+
+from tests.flexip_train.conftest import level_to_frame, write_frame_folder, write_image, write_video
+
+
+def test_sample_rules():
+    image = Sample("image", ("a.png",), "a.png", "a cat", mask="a.mask.png")
+    assert not image.is_variant and image.paths() == ("a.png", "a.mask.png")
+    assert Sample("video", ("v.mp4",), "v.mp4", "a walk", frames=(3, 0)).is_variant
+    assert Sample("multiview", ("0.png",), "1.png", "a mug").is_variant
+    refused = {
+        "modality must be one of": dict(modality="audio"),
+        "non-empty tuple": dict(references=[]),
+        "missing caption": dict(caption=" "),
+        "a mask goes with one reference": dict(references=("a.png", "b.png"), mask="a.mask.png"),
+        "frames are for video samples": dict(frames=(0, 1)),
+    }
+    for message, change in refused.items():
+        with pytest.raises(ValueError, match=message):
+            Sample(**{**dict(modality="image", references=("a.png",), target="a.png", caption="c"), **change})
+    with pytest.raises(ValueError, match="the target is the same path"):
+        Sample("video", ("v.mp4",), "w.mp4", "c")
+    with pytest.raises(ValueError, match="two frame indices"):
+        Sample("video", ("v.mp4",), "v.mp4", "c", frames=(-1, 2))
+    with pytest.raises(ValueError, match="give the frames too"):
+        Sample("video", ("v.mp4",), "v.mp4", "c", mask="m.png")
+
+
+def test_round_trip_with_relative_and_absolute_paths(tmp_path):
+    inside = write_image(tmp_path / "data" / "pics" / "a.png")
+    outside = write_image(tmp_path / "elsewhere" / "b.png")
+    video = write_video(tmp_path / "data" / "clip.mp4", 6)
+    samples = [Sample("image", (str(inside),), str(inside), "a picture", mask=None),
+               Sample("multiview", (str(inside),), str(outside), "two views"),
+               Sample("video", (str(video),), str(video), "a clip", frames=(1, 5))]
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    write_manifest(samples, manifest)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert records[0] == {"modality": "image", "references": ["pics/a.png"], "target": "pics/a.png",
+                          "caption": "a picture"}
+    assert records[1]["target"] == str(outside) and records[2]["frames"] == [1, 5]
+    read, problems = read_manifest(manifest)
+    assert problems == [] and read == samples
+    # the folder moves with its manifest: the relative paths still resolve
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)
+    read, problems = read_manifest(moved / "manifest.jsonl")
+    assert problems == [] and read[0].target == str(moved / "pics" / "a.png")
+
+
+def test_bad_lines_are_problems_with_their_line(tmp_path):
+    write_image(tmp_path / "a.png")
+    lines = [
+        {"modality": "image", "references": "a.png", "caption": "shorthand: one path, target defaults to it"},
+        "{not json",
+        {"modality": "image", "references": ["a.png"], "captions": "misspelt"},
+        {"modality": "image", "references": ["a.png"], "caption": "ok", "weight": 2},
+        {"modality": "image", "references": ["a.png"]},
+        {"modality": "image", "references": ["a.png"], "caption": ""},
+        {"modality": "sound", "references": ["a.png"], "caption": "x"},
+        {"modality": "image", "references": ["gone.png"], "caption": "x"},
+        {"modality": "multiview", "references": ["a.png"], "caption": "no target"},
+        {"modality": "image", "references": ["a.png"], "caption": "x", "frames": [0, 1]},
+        [1, 2],
+        "",
+        {"modality": "image", "references": ["a.png"], "target": "a.png", "caption": "the last line"},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines))
+    samples, problems = read_manifest(manifest)
+    assert [s.caption for s in samples] == ["shorthand: one path, target defaults to it", "the last line"]
+    assert samples[0].target == samples[0].references[0] == str(tmp_path / "a.png")
+    found = {int(p.path.rsplit(":", 1)[1]): (p.reason, p.detail) for p in problems}
+    assert all(p.path.startswith(str(manifest) + ":") for p in problems)
+    assert {line: reason for line, (reason, _) in found.items()} == {
+        2: "malformed line", 3: "invalid sample", 4: "invalid sample", 5: "missing caption", 6: "missing caption",
+        7: "invalid sample", 8: "missing file", 9: "invalid sample", 10: "invalid sample", 11: "invalid sample"}
+    assert "'captions'" in found[3][1] and "'weight'" in found[4][1] and "sound" in found[7][1]
+    assert found[8][1] == str(tmp_path / "gone.png") and "missing target" in found[9][1]
+
+
+def test_append_continues_a_file_without_a_final_newline(tmp_path):
+    write_image(tmp_path / "a.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"modality": "image", "references": ["a.png"], "caption": "first"}))
+    write_manifest([Sample("image", (str(tmp_path / "a.png"),), str(tmp_path / "a.png"), "second")], manifest,
+                   append=True)
+    samples, problems = read_manifest(manifest)
+    assert problems == [] and [s.caption for s in samples] == ["first", "second"]
+
+
+def test_summary_groups_by_reason_with_every_path():
+    problems = [Problem("x.png", "unreadable image", "cannot identify"), Problem("y.mp4", "too few frames", "1 frame"),
+                Problem("z.png", "unreadable image")]
+    assert summarize(["s"] * 4, problems).splitlines() == [
+        "4 samples; 3 skipped:", "  unreadable image: 2", "    x.png (cannot identify)", "    z.png",
+        "  too few frames: 1", "    y.mp4 (1 frame)"]
+    assert summarize(["s"], []) == "1 samples; 0 skipped"
+    assert str(problems[0]) == "x.png: unreadable image (cannot identify)"
+
+
+def test_frame_folder_order_and_count(tmp_path):
+    folder = write_frame_folder(tmp_path / "f", 12)
+    (folder / "cover.png").write_bytes(b"")      # no number: not a frame
+    (folder / "frame_3.mask.png").write_bytes(b"")  # a mask: not a frame
+    names = [p.name for p in list_frames(folder)]
+    assert names == [f"frame_{i}.png" for i in range(1, 13)]
+    assert frame_count(folder) == 12
+    frames = read_frames(folder, [10, 2])
+    assert {i: level_to_frame(np.asarray(f).mean()) for i, f in frames.items()} == {2: 2, 10: 10}
+    with pytest.raises(ValueError, match="12 frames, frame 12 asked for"):
+        read_frames(folder, [0, 12])
+
+
+def test_video_frame_count_and_frames(tmp_path):
+    mp4, mkv = write_video(tmp_path / "v.mp4", 9), write_video(tmp_path / "v.mkv", 7)
+    assert frame_count(mp4) == 9 and frame_count(mkv) == 7  # MKV: counted by decoding
+    frames = read_frames(mp4, [7, 1])
+    assert sorted(frames) == [1, 7] and frames[7].size == (64, 64)
+    assert level_to_frame(np.asarray(frames[7])[32:, :, 0].mean()) == 7
+    assert level_to_frame(np.asarray(frames[1])[32:, :, 0].mean()) == 1
+    with pytest.raises(ValueError, match="ends after 9 frames, frame 9 asked for"):
+        read_frames(mp4, [0, 9])
+
+
+def test_load_image_alpha_orientation_and_draft(tmp_path):
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :3, 3] = 255  # left half opaque, right half transparent
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    image, size = load_image(tmp_path / "alpha.png")
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and size == (6, 4)
+    assert (pixels[:, :3] == 200).all() and (pixels[:, 3:] == round(255 * BACKGROUND)).all()
+    # a photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view)
+    stored = Image.fromarray(np.tile(np.arange(60, dtype=np.uint8)[None, :, None] * 4, (40, 1, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    upright, size = load_image(tmp_path / "sideways.jpg")
+    assert size == (40, 60) and upright.size == (40, 60)
+    column = np.asarray(upright)[:, 20, 0].astype(int)
+    assert column[0] < 20 and column[-1] > 200  # the stored left-to-right ramp now runs top to bottom
+    # a large JPEG decodes at a reduced scale that keeps the shorter side at least min_side
+    stored.resize((600, 400)).save(tmp_path / "large.jpg")
+    small, size = load_image(tmp_path / "large.jpg", min_side=90)
+    assert size == (600, 400) and min(small.size) >= 90 and small.size[0] < 600
+    assert load_mask(write_image(tmp_path / "m.png", (6, 4)), (6, 4)).mode == "L"
+    with pytest.raises(ValueError, match="the mask is 6x4 but its image is 4x6"):
+        load_mask(tmp_path / "m.png", (4, 6))
+
+
+def test_paths_resolve_against_the_manifest_not_the_working_directory(tmp_path, monkeypatch):
+    write_image(tmp_path / "d" / "a.png")
+    (tmp_path / "d" / "m.jsonl").write_text(json.dumps({"modality": "image", "references": ["a.png"],
+                                                       "caption": "c"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    samples, problems = read_manifest(os.path.join("d", "m.jsonl"))
+    assert problems == [] and samples[0].target == str(tmp_path / "d" / "a.png")
