@@ -54,16 +54,24 @@ class ClipEncoder:
     def has_text(self):
         return self.text_model is not None
 
+    def to(self, device):
+        self.image_tower.to(device)
+        if self.text_model is not None:
+            self.text_model.to(device)
+        return self
+
     @torch.no_grad()
     def images(self, images, masks=None):
-        return self.image_tower(pixels(images, self.spec, masks, self.crop)).float()
+        device = next(self.image_tower.parameters()).device
+        return self.image_tower(pixels(images, self.spec, masks, self.crop).to(device)).float()
 
     @torch.no_grad()
     def texts(self, texts):
         if not self.has_text:
             raise ValueError(f"the CLIP model {self.name} has no text tower: CLIP-T and CLIP-IQA need an "
                              "open_clip checkpoint with both towers")
-        return self.text_model.encode_text(self.tokenizer(list(texts))).float()
+        device = next(self.text_model.parameters()).device
+        return self.text_model.encode_text(self.tokenizer(list(texts)).to(device)).float()
 
 
 class _ImageTower(torch.nn.Module):
@@ -153,9 +161,14 @@ class DinoEncoder:
     spec: EncoderSpec = field(default_factory=lambda: EncoderSpec("cls", 0, 224, IMAGENET_MEAN, IMAGENET_STD))
     crop: str = "center"
 
+    def to(self, device):
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
     def images(self, images, masks=None):
-        return self.model(pixel_values=pixels(images, self.spec, masks, self.crop)).pooler_output.float()
+        device = next(self.model.parameters()).device
+        return self.model(pixel_values=pixels(images, self.spec, masks, self.crop).to(device)).pooler_output.float()
 
 
 def dinov2_config(state, heads=None):
