@@ -1,0 +1,79 @@
+"""What a FlexIP training step computes (paper, section 3.3 and appendix B.1), in plain PyTorch.
+
+- Classifier-free-guidance dropout: per sample, drop the text, the image or both, exactly as the
+  nodes' uncond pass sees them: a dropped prompt is the empty prompt's embedding (for the UNet's
+  own attention and for S alike), a dropped image is the all-zero reference (P from zeros, S from
+  a zeroed [CLS]).
+- TrainingConditioner: reference features and prompt -> the per-layer K/V of both branches and the
+  gate's per-sample gamma; GatedAttention patches (flexip_core.patch) carry them into the UNet.
+- The loss: epsilon-prediction MSE, computed from the host's denoised prediction.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .injection import COND
+from .patch import GatedAttention
+
+
+@dataclass(frozen=True)
+class CFGDropout:
+    """Probabilities of dropping only the text, only the image, or both (disjoint events)."""
+    text: float = 0.05
+    image: float = 0.05
+    both: float = 0.05
+
+    def __post_init__(self):
+        values = (self.text, self.image, self.both)
+        if any(not 0.0 <= p <= 1.0 for p in values) or sum(values) > 1.0:
+            raise ValueError(f"CFG dropout probabilities must be in [0, 1] and sum to at most 1, got {values}")
+
+    def sample(self, batch, generator=None, device=None):
+        """(drop_text, drop_image): bool tensors [batch]."""
+        u = torch.rand(batch, generator=generator, device=device)
+        both = u < self.both
+        text_only = (u >= self.both) & (u < self.both + self.text)
+        image_only = (u >= self.both + self.text) & (u < self.both + self.text + self.image)
+        return both | text_only, both | image_only
+
+
+def drop(values, dropped, replacement=None):
+    """values [B, ...] with the rows where dropped [B] is True replaced (by zeros by default)."""
+    mask = dropped.view(-1, *([1] * (values.ndim - 1)))
+    return torch.where(mask, torch.zeros_like(values) if replacement is None else replacement, values)
+
+
+class TrainingConditioner(nn.Module):
+    """The trainable part of a step, one module so that DDP sees every parameter used in its forward."""
+
+    def __init__(self, flexip):
+        super().__init__()
+        self.flexip = flexip
+
+    def forward(self, clip_embeds, dino_patches, text_embeds, is_variant):
+        """clip_embeds [B, clip_dim], dino_patches [B, M, dino_dim], text_embeds [B, N_T, text_dim]
+        (dropout already applied), is_variant [B] bool -> ({layer key: ((K_P, V_P), (K_S, V_S))}, gamma [B])."""
+        p = self.flexip.preservation(clip_embeds, dino_patches)
+        s = self.flexip.personalization(text_embeds, clip_embeds)
+        kv = {key: self.flexip.projections[key](p, s) for key in self.flexip.projections.keys}
+        return kv, self.flexip.gate(is_variant)
+
+
+def training_patches(kv, gamma, attention):
+    """attn2 replace patches for one training batch: every row is a COND row with its own P, S and gamma."""
+    return {key: GatedAttention(key, {COND: kv_p}, {COND: kv_s}, gamma, 1.0, attention, cache_terms=False)
+            for key, (kv_p, kv_s) in kv.items()}
+
+
+def epsilon_loss(x0_pred, x0, sigma, v_prediction=False):
+    """MSE of the model's own output (epsilon, or v) from its denoised x0 prediction.
+
+    With x = x0 + sigma * eps: eps_pred - eps = (x0 - x0_pred) / sigma, so the epsilon MSE is the x0
+    error weighted by 1 / sigma^2 (v: (sigma^2 + 1) / sigma^2, ComfyUI's v-prediction with sigma_data 1).
+    """
+    weight = sigma.pow(-2)
+    if v_prediction:
+        weight = weight * (sigma.pow(2) + 1)
+    err = (x0_pred.float() - x0.float()).pow(2).flatten(1).mean(1)
+    return (err * weight.float()).mean()

@@ -1,0 +1,245 @@
+"""The training loop: data -> frozen features -> FlexIP's K/V -> ComfyUI's UNet -> loss, on one
+process or many (Hugging Face accelerate: DDP over GPUs and machines, gloo on CPUs).
+
+Only FlexIP's module trains and is checkpointed; the frozen base comes from comfy_base (or
+anything with its methods). Checkpoints are our own (flexip_train.checkpoint): safetensors and
+JSON, atomic, exact resume.
+"""
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader
+
+from flexip_core.training import CFGDropout, TrainingConditioner, drop, epsilon_loss, training_patches
+from flexip_core.weights import save_flexip
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .dataset import BalancedSampler, FlexIPDataset
+from .feature_cache import FeatureCache
+from .init import init_flexip
+from .logs import MetricsLog, current_memory_mb
+from .manifest import read_manifest
+from .rng import capture_rng_state, restore_rng_state
+
+
+@dataclass
+class Batch:
+    """One micro-batch of frozen features (cached or freshly encoded)."""
+    latents: torch.Tensor       # [B, 4, h, w]
+    text: torch.Tensor          # [B, 77, text_dim]
+    clip: torch.Tensor          # [B, clip_dim]
+    dino: torch.Tensor          # [B, M, dino_dim]
+    is_variant: torch.Tensor    # [B] bool
+
+
+def encode_items(base, items, cache):
+    """Frozen features for a list of dataset items: from the cache where present, else encoded
+    (in one batch) and written to the cache. Several references of a sample are averaged, as the
+    ReferenceEncoder node's default "average" does."""
+    features = [cache.get(item["index"]) if cache else None for item in items]
+    todo = [i for i, f in enumerate(features) if f is None]
+    if todo:
+        fresh = [items[i] for i in todo]
+        counts = [item["reference"].shape[0] for item in fresh]
+        clip, dino = base.reference(torch.cat([item["reference"] for item in fresh]),
+                                    torch.cat([item["reference_mask"] for item in fresh]))
+        latents = base.latents(torch.stack([item["target"] for item in fresh]))
+        text = base.text([item["caption"] for item in fresh])
+        for j, (i, c, d) in enumerate(zip(todo, clip.split(counts), dino.split(counts))):
+            features[i] = {"latents": latents[j], "text": text[j], "clip": c.mean(0), "dino": d.mean(0)}
+            if cache:
+                cache.put(items[i]["index"], features[i])
+    device = base.device
+    return Batch(*(torch.stack([f[name] for f in features]).to(device) for name in ("latents", "text", "clip", "dino")),
+                 torch.tensor([bool(item["is_variant"]) for item in items], device=device))
+
+
+class Trainer:
+    """Everything one training run holds; `train()` runs it to max_steps, resuming if asked."""
+
+    def __init__(self, config, base, flexip_config, accelerator, validator=None):
+        self.config, self.base, self.accelerator = config, base, accelerator
+        self.validator = validator  # callable(flexip, step), main process only
+        self.run_dir = Path(config.run.output_dir)
+        self.flexip = init_flexip(flexip_config, base, config)
+        self.dropout = CFGDropout(config.dropout.text, config.dropout.image, config.dropout.both)
+        trainable = [p for p in self.flexip.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        warmup = config.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.conditioner, self.optimizer, self.scheduler = accelerator.prepare(
+            TrainingConditioner(self.flexip).to(base.device), self.optimizer, self.scheduler)
+
+        samples, problems = [], []
+        for manifest in config.data.manifests:
+            found, bad = read_manifest(manifest)
+            samples += found
+            problems += bad
+        if not samples:
+            raise ValueError(f"[data] manifests: no usable samples in {config.data.manifests} "
+                             f"({len(problems)} problems: {'; '.join(map(str, problems[:5]))})")
+        self.manifest_problems = problems
+        self.dataset = FlexIPDataset(samples, config.data.resolution, flexip_config.clip.resolution * 2,
+                                     seed=config.run.seed, min_gap=config.data.min_gap, max_gap=config.data.max_gap)
+        self.sampler = BalancedSampler(self.dataset, seed=config.run.seed, num_replicas=accelerator.num_processes,
+                                       rank=accelerator.process_index)
+        if self.sampler.warning:
+            accelerator.print(self.sampler.warning)
+        self.cache = FeatureCache(config.data.feature_cache, {
+            "manifests": [str(Path(m).resolve()) for m in config.data.manifests], "samples": len(samples),
+            "resolution": config.data.resolution, "checkpoint": Path(config.model.checkpoint).name,
+            "clip": flexip_config.clip.__dict__, "dino": flexip_config.dino.__dict__,
+        }) if config.data.feature_cache else None
+        self.step = 0
+        self.skipped = []
+
+    # --- one step ---
+
+    def loss(self, batch):
+        """The epsilon loss of one micro-batch; dropout, timesteps and noise from the global torch RNG."""
+        drop_text, drop_image = self.dropout.sample(batch.latents.shape[0])
+        drop_text, drop_image = drop_text.to(batch.latents.device), drop_image.to(batch.latents.device)
+        text = drop(batch.text, drop_text, self.base.empty_text(batch.text.shape[0]).to(batch.text))
+        clip, dino = drop(batch.clip, drop_image), drop(batch.dino, drop_image)
+        noisy, sigma = self.base.add_noise(batch.latents)
+        with self.accelerator.autocast():
+            kv, gamma = self.conditioner(clip, dino, text, batch.is_variant)
+            x0_pred = self.base.denoise(noisy, sigma, text, training_patches(kv, gamma, self.base.attention))
+        return epsilon_loss(x0_pred, batch.latents, sigma, self.base.v_prediction)
+
+    def optimizer_step(self, micro_batches):
+        total = 0.0
+        for i, items in enumerate(micro_batches):
+            batch = encode_items(self.base, items, self.cache)
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            sync = self.accelerator.no_sync(self.conditioner) if i < len(micro_batches) - 1 else _nothing()
+            with sync:
+                loss = self.loss(batch) / len(micro_batches)
+                self.accelerator.backward(loss)
+            total += loss.detach().item()
+        if self.config.optim.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.conditioner.parameters(), self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    # --- the run ---
+
+    def resume(self):
+        """(epoch, position) to continue from; restores module, optimizer, scheduler and RNG."""
+        choice = self.config.run.resume
+        path = None if choice == "none" else latest_checkpoint(self.run_dir) if choice == "auto" else Path(choice)
+        if path is None:
+            return 0, 0
+        state = load_checkpoint(path, self.flexip, _unwrap(self.optimizer), _unwrap(self.scheduler))
+        if len(state.rng_states) != self.accelerator.num_processes:
+            raise ValueError(f"{path}: saved by {len(state.rng_states)} processes, resumed on "
+                             f"{self.accelerator.num_processes}; exact resume needs the same number")
+        restore_rng_state(state.rng_states[self.accelerator.process_index])
+        self.step = state.step
+        self.skipped = list(state.extra.get("skipped", []))
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+        return state.data_state["epoch"], state.data_state["position"]
+
+    def save(self, epoch, position):
+        rng = [capture_rng_state()]
+        states = gather_object(rng) if self.accelerator.num_processes > 1 else rng
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir, self.step, self.flexip, _unwrap(self.optimizer), _unwrap(self.scheduler),
+                            {"epoch": epoch, "position": position}, states, self.config.to_dict(),
+                            extra={"skipped": self.skipped[-1000:]}, keep_last=self.config.run.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def steps(self, epoch, position):
+        """(epoch, position after the step, [micro-batches of items]) per optimizer step, from the
+        resume point on. One DataLoader per epoch, so its workers see the epoch's augmentation; its
+        own generator keeps it off the global RNG, which the steps' noise and dropout use."""
+        size, accum = self.config.data.batch_size, self.config.optim.grad_accum
+        while True:
+            self.dataset.set_epoch(epoch)
+            self.sampler.set_epoch(epoch)
+            indices = list(self.sampler)
+            usable = position + (len(indices) - position) // (size * accum) * size * accum
+            micro = [indices[i:i + size] for i in range(position, usable, size)]
+            loader = DataLoader(self.dataset, batch_sampler=micro, num_workers=self.config.data.num_workers,
+                                collate_fn=list, generator=torch.Generator().manual_seed(epoch))
+            pending = []
+            for items in loader:
+                pending.append(items)
+                position += len(items)
+                if len(pending) == accum:
+                    yield epoch, position, pending
+                    pending = []
+            if usable == position == 0:
+                raise ValueError(f"[data] batch_size {size} x grad_accum {accum} is larger than this process's "
+                                 f"share of an epoch ({len(indices)} samples)")
+            epoch, position = epoch + 1, 0
+
+    def train(self):
+        epoch, position = self.resume()
+        config, acc = self.config, self.accelerator
+        log = MetricsLog(self.run_dir, enabled=acc.is_main_process, total=config.run.max_steps, start=self.step)
+        started, start_step = time.time(), self.step
+        try:
+            for epoch, position, micro in self.steps(epoch, position):
+                if self.step >= config.run.max_steps:
+                    break
+                for items in micro:
+                    self.skipped += [f"{path}: {reason}" for item in items for path, reason in item["skipped"]]
+                loss = self.optimizer_step(micro)
+                self.step += 1
+                gate = self.flexip.gate
+                elapsed = max(time.time() - started, 1e-9)
+                log.step(self.step, {
+                    "loss": loss, "alpha": gate.alpha.item(), "beta": gate.beta.item(),
+                    "lr": self.scheduler.get_last_lr()[0], "rss_mb": current_memory_mb(),
+                    "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
+                    "samples_per_s": (self.step - start_step) * self.step_samples() / elapsed,
+                }, write=self.step % config.run.log_every == 0)
+                if self.step % config.run.checkpoint_every == 0 or self.step == config.run.max_steps:
+                    self.save(epoch, position)
+                if self.validator and config.run.validate_every and self.step % config.run.validate_every == 0:
+                    if acc.is_main_process:
+                        self.validator(self.flexip, self.step)
+                    acc.wait_for_everyone()
+        finally:
+            log.close()
+        if self.skipped:
+            acc.print(f"{len(self.skipped)} samples skipped while loading: " + "; ".join(self.skipped[:10]))
+        return self.step
+
+    def step_samples(self):
+        return self.config.data.batch_size * self.config.optim.grad_accum * self.accelerator.num_processes
+
+    def export(self, base_hash=None):
+        """The FlexIP weight file the nodes load, with the training facts in its metadata."""
+        path = self.run_dir / self.config.run.export_name
+        if self.accelerator.is_main_process:
+            facts = {"steps": self.step, "samples": len(self.dataset), "variant_samples": sum(
+                s.is_variant for s in self.dataset.samples), "skipped_while_loading": len(self.skipped),
+                "manifest_problems": len(self.manifest_problems), "base_checkpoint": Path(self.config.model.checkpoint).name,
+                "base_checkpoint_sha256": base_hash, "alpha": self.flexip.gate.alpha.item(),
+                "beta": self.flexip.gate.beta.item(), "processes": self.accelerator.num_processes,
+                "global_batch": self.step_samples()}
+            save_flexip(self.flexip, path, {"training": json.dumps(facts)})
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def _unwrap(wrapped):
+    """The torch optimizer / scheduler inside accelerate's wrapper."""
+    return getattr(wrapped, "optimizer", None) or getattr(wrapped, "scheduler", None) or wrapped
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
