@@ -172,7 +172,8 @@ def multiview_manifest(folder, pairs_per_view=1, progress=True):
             else:
                 good.append((view, caption, mask))
         if len(good) < 2:
-            problems.append(Problem(str(directory), "too few views", f"{len(good)} usable view{'s' * (len(good) != 1)}"))
+            views = f"{len(good)} usable view{'s' * (len(good) != 1)}"
+            problems.append(Problem(str(directory), "too few views", views))
             continue
         for i, (reference, _, mask) in enumerate(good):
             for step in range(1, min(pairs_per_view, len(good) - 1) + 1):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .manifest import MAX_GAP, MIN_GAP, frame_count, load_image, load_mask, read_frames
+from .manifest import MAX_GAP, MIN_GAP, TooFewFrames, frame_count, load_image, load_mask, read_frames
 
 # Light augmentation of an image sample's reference (the target stays the clean picture), so the
 # adapters cannot copy pixels: a square crop of 80-100% of the shorter side anywhere in the
@@ -36,6 +36,8 @@ def _guarded(path, what, read, *args):
         return read(*args)
     except LoadError:
         raise
+    except TooFewFrames as error:
+        raise LoadError(path, f"too few frames: {error}") from error
     except Exception as error:  # decoders raise many types (OSError, SyntaxError, av errors...)
         raise LoadError(path, f"{what}: {error or type(error).__name__}") from error
 
@@ -95,6 +97,8 @@ class FlexIPDataset(torch.utils.data.Dataset):
             raise ValueError("FlexIPDataset: no samples (build a manifest with python -m flexip_train.build_manifest)")
         if not 1 <= min_gap <= max_gap:
             raise ValueError(f"FlexIPDataset: need 1 <= min_gap <= max_gap, got {min_gap}, {max_gap}")
+        if seed < 0:
+            raise ValueError(f"FlexIPDataset: the seed must be >= 0, got {seed}")
         self.resolution, self.reference_size = int(resolution), int(reference_size)
         self.seed, self.min_gap, self.max_gap, self.augment = int(seed), int(min_gap), int(max_gap), augment
         self.epoch = 0
@@ -184,7 +188,8 @@ class FlexIPDataset(torch.utils.data.Dataset):
             gap = int(rng.integers(self.min_gap, min(self.max_gap, count - 1) + 1))
             first = int(rng.integers(0, count - gap))
             pair = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
-        frames = _guarded(path, "unreadable video", read_frames, path, pair)
+        side = max(self.resolution, self.reference_size)
+        frames = _guarded(path, "unreadable video", read_frames, path, pair, side)
         return frames[pair[0]], frames[pair[1]]
 
 
@@ -212,7 +217,8 @@ class BalancedSampler(torch.utils.data.Sampler):
     the two alternate in pairs (which comes first drawn at random), so any even batch is balanced.
 
     Deterministic for (seed, epoch). DDP: rank r of num_replicas gets the r-th of num_replicas
-    equal, disjoint, consecutive shares. Resume: state_dict(consumed) / load_state_dict(state), a
+    equal, disjoint, interleaved shares (rank r takes positions r, r + num_replicas, ...: a step's
+    global batch is the same samples whatever the number of processes). Resume: state_dict(consumed) / load_state_dict(state), a
     JSON-serialisable dict; or set_epoch(epoch, start_index). Only one kind present: it is drawn
     alone and `warning` says so (None otherwise).
     """
@@ -226,6 +232,8 @@ class BalancedSampler(torch.utils.data.Sampler):
         self.pools = [[i for i, s in enumerate(samples) if s.is_variant == kind] for kind in (False, True)]
         if not any(self.pools):
             raise ValueError("BalancedSampler: no samples")
+        if seed < 0:
+            raise ValueError(f"BalancedSampler: the seed must be >= 0, got {seed}")
         self.seed, self.num_replicas, self.rank = int(seed), int(num_replicas), int(rank)
         self.epoch, self.start_index = 0, 0
         self.warning = None
@@ -235,7 +243,7 @@ class BalancedSampler(torch.utils.data.Sampler):
                             "without the 1:1 balance")
 
     def epoch_order(self, epoch):
-        """Every rank's indices for an epoch, in order (rank r takes the r-th equal share)."""
+        """Every rank's indices for an epoch, in order (rank r takes every num_replicas-th, from position r)."""
         rng = np.random.default_rng([self.seed, int(epoch)])
         pools = [pool for pool in self.pools if pool]
         length = self._pool_length()
@@ -257,9 +265,7 @@ class BalancedSampler(torch.utils.data.Sampler):
 
     def share(self, epoch):
         """This rank's indices for an epoch, from its start."""
-        order = self.epoch_order(epoch)
-        size = len(order) // self.num_replicas
-        return order[self.rank * size:(self.rank + 1) * size]
+        return self.epoch_order(epoch)[self.rank::self.num_replicas]
 
     def set_epoch(self, epoch, start_index=0):
         """Draw epoch `epoch` from position start_index of this rank's share (0: the whole share)."""

@@ -192,16 +192,21 @@ def video_stream(container):
     return container.streams.video[0]
 
 
-def read_frames(path, indices):
-    """{index: RGB PIL image} for frame indices of a video or frame folder. A video is decoded
-    from its start: frame numbers then mean the same in every container, variable frame rates
-    included. Raises ValueError when there are fewer frames."""
+class TooFewFrames(ValueError):
+    """A frame index past a video's or frame folder's last frame."""
+
+
+def read_frames(path, indices, min_side=None):
+    """{index: RGB PIL image} for frame indices of a video or frame folder (min_side: as for
+    load_image, for a folder's JPEG frames). A video is decoded from its start: frame numbers then
+    mean the same in every container, variable frame rates included. Raises TooFewFrames when there
+    are fewer frames."""
     wanted = sorted(set(indices))
     if Path(path).is_dir():
         frames = list_frames(path)
         if wanted[-1] >= len(frames):
-            raise ValueError(f"the frame folder has {len(frames)} frames, frame {wanted[-1]} asked for")
-        return {i: load_image(frames[i])[0] for i in wanted}
+            raise TooFewFrames(f"the frame folder has {len(frames)} frames, frame {wanted[-1]} asked for")
+        return {i: load_image(frames[i], min_side)[0] for i in wanted}
     found, decoded = {}, 0
     with av.open(str(path)) as container:
         stream = video_stream(container)
@@ -212,7 +217,7 @@ def read_frames(path, indices):
             if decoded > wanted[-1]:
                 break
     if len(found) < len(wanted):
-        raise ValueError(f"the video ends after {decoded} frame{'s' * (decoded != 1)}, frame {wanted[-1]} asked for")
+        raise TooFewFrames(f"the video ends after {decoded} frame{'s' * (decoded != 1)}, frame {wanted[-1]} asked for")
     return found
 
 

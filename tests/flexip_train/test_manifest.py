@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from flexip_core.preprocess import BACKGROUND
-from flexip_train.manifest import (Problem, Sample, frame_count, list_frames, load_image, load_mask, read_frames,
-                                   read_manifest, summarize, write_manifest)
+from flexip_train.manifest import (Problem, Sample, TooFewFrames, frame_count, list_frames, load_image, load_mask,
+                                   read_frames, read_manifest, summarize, write_manifest)
 
 from tests.flexip_train.conftest import level_to_frame, write_frame_folder, write_image, write_video
 
@@ -119,7 +119,7 @@ def test_frame_folder_order_and_count(tmp_path):
     assert frame_count(folder) == 12
     frames = read_frames(folder, [10, 2])
     assert {i: level_to_frame(np.asarray(f).mean()) for i, f in frames.items()} == {2: 2, 10: 10}
-    with pytest.raises(ValueError, match="12 frames, frame 12 asked for"):
+    with pytest.raises(TooFewFrames, match="12 frames, frame 12 asked for"):
         read_frames(folder, [0, 12])
 
 
@@ -130,7 +130,7 @@ def test_video_frame_count_and_frames(tmp_path):
     assert sorted(frames) == [1, 7] and frames[7].size == (64, 64)
     assert level_to_frame(np.asarray(frames[7])[32:, :, 0].mean()) == 7
     assert level_to_frame(np.asarray(frames[1])[32:, :, 0].mean()) == 1
-    with pytest.raises(ValueError, match="ends after 9 frames, frame 9 asked for"):
+    with pytest.raises(TooFewFrames, match="ends after 9 frames, frame 9 asked for"):
         read_frames(mp4, [0, 9])
 
 
