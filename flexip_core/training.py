@@ -29,9 +29,8 @@ class CFGDropout:
         if any(not 0.0 <= p <= 1.0 for p in values) or sum(values) > 1.0:
             raise ValueError(f"CFG dropout probabilities must be in [0, 1] and sum to at most 1, got {values}")
 
-    def sample(self, batch, generator=None, device=None):
-        """(drop_text, drop_image): bool tensors [batch]."""
-        u = torch.rand(batch, generator=generator, device=device)
+    def decide(self, u):
+        """(drop_text, drop_image): bool tensors [B], from one uniform draw u [B] per sample."""
         both = u < self.both
         text_only = (u >= self.both) & (u < self.both + self.text)
         image_only = (u >= self.both + self.text) & (u < self.both + self.text + self.image)

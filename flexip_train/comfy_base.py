@@ -136,14 +136,14 @@ class FrozenBase:
             out.append(features(encoder.model, pixels, spec).float().clone())
         return tuple(out)
 
-    def add_noise(self, latents, generator=None):
-        """(noisy latents, sigma [B]): a uniformly drawn training timestep per sample (drawn on the
-        CPU, so a run draws the same numbers on any device)."""
-        sigmas = self.sampling.sigmas
-        t = torch.randint(0, len(sigmas), (latents.shape[0],), generator=generator)
-        sigma = sigmas[t].to(latents.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        return self.sampling.noise_scaling(sigma, noise, latents), sigma
+    def add_noise(self, latents, timesteps, noise):
+        """(noisy latents, sigma [B]) at integer training timesteps [B] (0 .. steps - 1)."""
+        sigma = self.sampling.sigmas[timesteps.cpu()].to(latents.device)
+        return self.sampling.noise_scaling(sigma, noise.to(latents), latents), sigma
+
+    @property
+    def timesteps(self):
+        return len(self.sampling.sigmas)
 
     def denoise(self, noisy, sigma, context, patches):
         """The UNet's x0 prediction with FlexIP's attn2 patches, through ComfyUI's apply_model."""

@@ -100,13 +100,25 @@ class Trainer:
 
     # --- one step ---
 
-    def loss(self, batch):
-        """The epsilon loss of one micro-batch; dropout, timesteps and noise from the global torch RNG."""
-        drop_text, drop_image = self.dropout.sample(batch.latents.shape[0])
-        drop_text, drop_image = drop_text.to(batch.latents.device), drop_image.to(batch.latents.device)
+    def draws(self, keys, latent_shape):
+        """Per-sample randomness (dropout, timestep, noise), each from its own generator seeded by
+        (run seed, epoch, position in the epoch): a step is the same on 1 or N processes, whatever
+        the batch split, and a resumed run needs no generator state for it."""
+        u, t, noise = [], [], []
+        for epoch, position in keys:
+            g = torch.Generator().manual_seed(self.config.run.seed * 2**40 + epoch * 2**32 + position)
+            u.append(torch.rand((), generator=g))
+            t.append(torch.randint(0, self.base.timesteps, (), generator=g))
+            noise.append(torch.randn(latent_shape, generator=g))
+        return torch.stack(u), torch.stack(t), torch.stack(noise)
+
+    def loss(self, batch, keys):
+        """The epsilon loss of one micro-batch (mean over its samples)."""
+        u, timesteps, noise = self.draws(keys, batch.latents.shape[1:])
+        drop_text, drop_image = (d.to(batch.latents.device) for d in self.dropout.decide(u))
         text = drop(batch.text, drop_text, self.base.empty_text(batch.text.shape[0]).to(batch.text))
         clip, dino = drop(batch.clip, drop_image), drop(batch.dino, drop_image)
-        noisy, sigma = self.base.add_noise(batch.latents)
+        noisy, sigma = self.base.add_noise(batch.latents, timesteps, noise)
         with self.accelerator.autocast():
             kv, gamma = self.conditioner(clip, dino, text, batch.is_variant)
             x0_pred = self.base.denoise(noisy, sigma, text, training_patches(kv, gamma, self.base.attention))
@@ -114,12 +126,12 @@ class Trainer:
 
     def optimizer_step(self, micro_batches):
         total = 0.0
-        for i, items in enumerate(micro_batches):
+        for i, (items, keys) in enumerate(micro_batches):
             batch = encode_items(self.base, items, self.cache)
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             sync = self.accelerator.no_sync(self.conditioner) if i < len(micro_batches) - 1 else _nothing()
             with sync:
-                loss = self.loss(batch) / len(micro_batches)
+                loss = self.loss(batch, keys) / len(micro_batches)
                 self.accelerator.backward(loss)
             total += loss.detach().item()
         if self.config.optim.max_grad_norm > 0:
@@ -157,28 +169,31 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def steps(self, epoch, position):
-        """(epoch, position after the step, [micro-batches of items]) per optimizer step, from the
-        resume point on. One DataLoader per epoch, so its workers see the epoch's augmentation; its
-        own generator keeps it off the global RNG, which the steps' noise and dropout use."""
+        """(epoch, position after the step, [(items, keys) per micro-batch]) per optimizer step, from
+        the resume point on; keys are (epoch, global position) per item. One DataLoader per epoch, so
+        its workers see the epoch's augmentation."""
         size, accum = self.config.data.batch_size, self.config.optim.grad_accum
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
         while True:
             self.dataset.set_epoch(epoch)
             self.sampler.set_epoch(epoch)
             indices = list(self.sampler)
             usable = position + (len(indices) - position) // (size * accum) * size * accum
-            micro = [indices[i:i + size] for i in range(position, usable, size)]
-            loader = DataLoader(self.dataset, batch_sampler=micro, num_workers=self.config.data.num_workers,
-                                collate_fn=list, generator=torch.Generator().manual_seed(epoch))
+            if usable == 0:
+                raise ValueError(f"[data] batch_size {size} x grad_accum {accum} is larger than this process's "
+                                 f"share of an epoch ({len(indices)} samples)")
+            starts = range(position, usable, size)
+            loader = DataLoader(self.dataset, batch_sampler=[indices[i:i + size] for i in starts],
+                                num_workers=self.config.data.num_workers, collate_fn=list,
+                                generator=torch.Generator().manual_seed(epoch))
             pending = []
-            for items in loader:
-                pending.append(items)
-                position += len(items)
+            for start, items in zip(starts, loader):
+                # the sampler's shares interleave: this rank's i-th index is the epoch's i * world + rank
+                pending.append((items, [(epoch, (start + j) * world + rank) for j in range(len(items))]))
+                position = start + len(items)
                 if len(pending) == accum:
                     yield epoch, position, pending
                     pending = []
-            if usable == position == 0:
-                raise ValueError(f"[data] batch_size {size} x grad_accum {accum} is larger than this process's "
-                                 f"share of an epoch ({len(indices)} samples)")
             epoch, position = epoch + 1, 0
 
     def train(self):
@@ -190,7 +205,7 @@ class Trainer:
             for epoch, position, micro in self.steps(epoch, position):
                 if self.step >= config.run.max_steps:
                     break
-                for items in micro:
+                for items, _ in micro:
                     self.skipped += [f"{path}: {reason}" for item in items for path, reason in item["skipped"]]
                 loss = self.optimizer_step(micro)
                 self.step += 1
