@@ -1,12 +1,13 @@
 """FlexIP weight files: one safetensors file, its config in the metadata.
 
 The metadata holds everything needed to rebuild the module (the config as JSON, the injection
-formulation, a schema version), so a file keeps loading as the pack evolves. Loading never
-unpickles anything: a pickled file is at most opened with torch.load(weights_only=True) to tell
-the user what it is.
+formulation, a schema version), so a file keeps loading as the pack evolves. A file is untrusted
+input: its config is checked field by field before anything is built, and nothing is ever
+unpickled (a pickled file is named from its opcodes, see pickle_sniff).
 """
 import json
 import os
+from collections import Counter
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CONFIGS, INJECTION_DECOUPLED_BLEND, FlexIPConfig
 from .model import FlexIP
+from .pickle_sniff import read_pickle
 
 SCHEMA_VERSION = 1
 FORMAT = "flexip"
@@ -22,6 +24,9 @@ RESERVED_KEYS = ("format", "schema_version", "base_model", "config", "injection"
 # Config fields fixed by the base model's UNet and text encoder (the rest is free to train).
 BASE_MODEL_FIELDS = ("text_dim", "context_dim", "layers")
 MAX_LISTED = 8
+# The stored config JSON: sd15's takes 1.3 KB; 128 layers, the most a config may have, about 6 KB.
+MAX_CONFIG_CHARS = 65_536
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names
 # Cross-attention context width of each base model IP-Adapter exists for.
 IP_ADAPTER_BASES = {768: "SD1.5", 2048: "SDXL"}
 
@@ -59,12 +64,13 @@ def read_flexip_header(path):
 
 def load_flexip(path, device="cpu") -> FlexIP:
     """The FlexIP module a file stores, loaded strictly and bit-exactly, in eval mode."""
-    config, _, shapes = _read_header(path)
+    config, _, (shapes, dtypes) = _read_header(path)
     # Built on the meta device: no time spent on random init the file overwrites anyway.
     with torch.device("meta"):
         model = FlexIP(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     _check_shapes(path, config, shapes, expected)
+    _check_dtypes(path, dtypes)
     tensors = load_file(path, device=str(device))
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -79,10 +85,11 @@ def _read_header(path):
     try:
         with safe_open(path, "pt") as f:
             metadata = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
     except SafetensorError:
-        if _looks_pickled(path):
-            _refuse_pickle(path)
+        _refuse_pickle(path)
         raise FlexIPWeightError(path, "the file looks truncated or is not a safetensors file. "
                                 "If it is a FlexIP download, download/copy it again.") from None
 
@@ -93,7 +100,7 @@ def _read_header(path):
     if schema > SCHEMA_VERSION:
         raise FlexIPWeightError(path, f"this file needs a newer comfyui-flexip (file schema {schema}, "
                                 f"this version reads up to {SCHEMA_VERSION}); update the pack.")
-    config = _parse(path, lambda: FlexIPConfig.from_dict(json.loads(metadata["config"])))
+    config = _read_config(path, metadata)
     base_model = _parse(path, lambda: metadata["base_model"])
     if base_model not in CONFIGS:
         raise FlexIPWeightError(path, f"it is made for base model '{base_model}', which this version "
@@ -104,13 +111,43 @@ def _read_header(path):
                                 f"this version does not know (known: {', '.join(INJECTIONS)}); "
                                 "update the pack.")
     _check_base_model(path, config, base_model)
-    return config, metadata, shapes
+    return config, metadata, (shapes, dtypes)
+
+
+def _read_config(path, metadata):
+    """The stored config, refused with the first problem found before anything is built."""
+    text = _parse(path, lambda: metadata["config"])
+    try:
+        if len(text) > MAX_CONFIG_CHARS:
+            raise ValueError(f"config JSON is {len(text):,} characters long; a FlexIP config is at most "
+                             f"{MAX_CONFIG_CHARS:,}")
+        try:
+            raw = json.loads(text, parse_constant=_not_a_number, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise ValueError("config JSON is nested too deeply") from None
+        return FlexIPConfig.from_dict(raw)
+    except ValueError as e:  # json's errors are ValueErrors too
+        raise FlexIPWeightError(path, f"its FlexIP metadata is damaged or beyond this version's limits: {e}. "
+                                "Download the file again, or re-export it with this pack.") from None
+
+
+def _not_a_number(constant):
+    raise ValueError(f"config JSON holds {constant}, which is not a number")
+
+
+def _unique_keys(pairs):
+    d = {}
+    for key, value in pairs:
+        if key in d:
+            raise ValueError(f"config JSON repeats the key {key[:40]!r}")
+        d[key] = value
+    return d
 
 
 def _parse(path, read):
     try:
         return read()
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, ValueError) as e:
         raise FlexIPWeightError(path, f"its FlexIP metadata is damaged ({type(e).__name__}: {e}). "
                                 "Download the file again or re-export it.") from None
 
@@ -142,6 +179,24 @@ def _check_shapes(path, config, shapes, expected):
                                 "or export it again.")
 
 
+def _check_dtypes(path, dtypes):
+    """Every tensor floating point and of one type: an integer tensor cannot be a parameter, and
+    mixed types fail inside the first matrix product."""
+    wrong = [f"{k} ({dtype})" for k, dtype in dtypes.items() if dtype not in FLOAT_DTYPES]
+    by_type = Counter(dtypes.values())
+    if wrong:
+        problem = f"it has tensors that are not floating point: {_listing(wrong, ', ')}"
+    elif len(by_type) > 1:
+        problem = "its tensors mix float types: " + ", ".join(
+            f"{dtype} ({n}: {_listing([k for k, d in dtypes.items() if d == dtype], ', ')})"
+            for dtype, n in by_type.most_common())
+    else:
+        return
+    raise FlexIPWeightError(path, f"{problem}. FlexIP tensors are floating point (F16, BF16, F32 or F64) "
+                            "and all of one type; the file is damaged or was written by another tool. "
+                            "Export it again with this pack.")
+
+
 def _unet_layer(key):
     """' (UNet output block 3, transformer 0)' for a per-layer projection key, else ''."""
     parts = key.split(".")
@@ -156,35 +211,20 @@ def _listing(items, sep):
     return sep.join(items[:MAX_LISTED]) + more
 
 
-def _looks_pickled(path):
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # torch.save writes a zip; older files are a bare pickle (0x80 = PROTO). A safetensors header
-    # length may also start with 0x80, but then byte 8 opens its JSON header.
-    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{")
-
-
 def _refuse_pickle(path):
-    try:
-        # weights_only: never runs code from the file; used only to name what the file is.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise FlexIPWeightError(path, "it is a pickled PyTorch file that cannot be read safely. "
-                                "FlexIP weights are .safetensors files only.") from None
-    shapes = dict(_flatten(obj)) if isinstance(obj, dict) else {}
-    _refuse_ip_adapter(path, shapes)
+    """Say what a pickled file is, from its opcodes alone (pickle_sniff); return if it is none."""
+    summary = read_pickle(path)
+    if summary is None:
+        return
+    _refuse_ip_adapter(path, summary.tensors)
+    if summary.imports:
+        raise FlexIPWeightError(path, "it is a pickled file that cannot be read safely: unpickling it would "
+                                f"import and call {_listing(list(summary.imports), ', ')}, which is how a "
+                                "pickle runs code. FlexIP never unpickles; FlexIP weights are .safetensors "
+                                "files only.")
     raise FlexIPWeightError(path, "it is a pickled PyTorch file (.bin/.pt/.ckpt), not a FlexIP weight "
                             "file. FlexIP weights are .safetensors files only; use a FlexIP file "
                             "trained with this project.")
-
-
-def _flatten(d, prefix=""):
-    """Nested dicts of tensors -> ('a.b.c', shape) pairs, as a safetensors file would name them."""
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        elif isinstance(v, torch.Tensor):
-            yield f"{prefix}{k}", tuple(v.shape)
 
 
 def _refuse_ip_adapter(path, shapes):

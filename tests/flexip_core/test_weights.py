@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import pickle
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -119,52 +120,62 @@ def test_not_a_safetensors_file(tmp_path):
     assert "looks truncated or is not a safetensors file" in load_error(path)
 
 
-def test_pickled_ip_adapter_bin_is_identified(tmp_path):
-    path = tmp_path / "ip-adapter_sd15.bin"
-    torch.save({"image_proj": {"proj.weight": torch.zeros(3072, 1024)},
-                "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768),
-                               "1.to_v_ip.weight": torch.zeros(320, 768)}}, path)
+def ip_adapter_bin(context):
+    """IP-Adapter's .bin layout: two state dicts with the real key names; tiny tensors with the
+    real context width (768 for SD1.5, 2048 for SDXL) as to_k_ip's second dimension."""
+    return {"image_proj": OrderedDict([("proj.weight", torch.zeros(12, 16)), ("proj.bias", torch.zeros(12)),
+                                       ("norm.weight", torch.zeros(4)), ("norm.bias", torch.zeros(4))]),
+            "ip_adapter": OrderedDict([("1.to_k_ip.weight", torch.zeros(3, context)),
+                                       ("1.to_v_ip.weight", torch.zeros(3, context)),
+                                       ("3.to_k_ip.weight", torch.zeros(5, context)),
+                                       ("3.to_v_ip.weight", torch.zeros(5, context))])}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("context, base", [(768, "SD1.5"), (2048, "SDXL")])
+def test_pickled_ip_adapter_bin_is_identified(tmp_path, unpickling_calls, legacy, context, base):
+    path = tmp_path / "ip-adapter.bin"
+    torch.save(ip_adapter_bin(context), path, _use_new_zipfile_serialization=not legacy)
     message = load_error(path)
-    assert "this is an IP-Adapter file for SD1.5" in message
+    assert f"this is an IP-Adapter file for {base}, not a FlexIP file" in message
     assert "ComfyUI_IPAdapter_plus" in message
     assert "FlexIP needs a FlexIP file trained with this project" in message
+    assert unpickling_calls == []
 
 
-def test_pickled_state_dict_is_refused(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pickled_state_dict_is_refused(tmp_path, unpickling_calls, legacy):
     path = tmp_path / "flexip.pt"
-    torch.save(random_model(TINY).state_dict(), path)
+    torch.save(random_model(TINY).state_dict(), path, _use_new_zipfile_serialization=not legacy)
     message = load_error(path)
     assert "pickled PyTorch file (.bin/.pt/.ckpt), not a FlexIP weight file" in message
     assert ".safetensors files only" in message
+    assert unpickling_calls == []
 
 
-def _touch(path):
-    open(path, "w").close()
+def test_truncated_pickle_is_still_named_a_pickle(tmp_path, unpickling_calls):
+    path = tmp_path / "ip-adapter.bin"
+    torch.save(ip_adapter_bin(768), path)
+    path.write_bytes(path.read_bytes()[:200])
+    assert "pickled PyTorch file (.bin/.pt/.ckpt), not a FlexIP weight file" in load_error(path)
+    assert unpickling_calls == []
 
 
-class Payload:
-    """Unpickling this runs code (creates a marker file): weights_only must refuse it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return _touch, (self.marker,)
-
-
-@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
-def test_unsafe_pickle_is_never_unpickled(tmp_path, writer):
-    marker = tmp_path / "code_ran"
+@pytest.mark.parametrize("writer", ["torch.save", "torch.save-legacy", "pickle.dump"])
+def test_unsafe_pickle_is_never_unpickled(tmp_path, unpickling_calls, payload, writer):
+    code, marker = payload
     path = tmp_path / "model.ckpt"
-    if writer == "torch.save":
-        torch.save({"state": Payload(str(marker))}, path)
-    else:
+    if writer == "pickle.dump":
         with open(path, "wb") as f:
-            pickle.dump({"state": Payload(str(marker))}, f, protocol=2)
+            pickle.dump({"state": code}, f, protocol=2)
+    else:
+        torch.save({"state": code}, path, _use_new_zipfile_serialization=writer == "torch.save")
     message = load_error(path)
-    assert "pickled PyTorch file that cannot be read safely" in message
+    assert "pickled file that cannot be read safely: unpickling it would import and call" in message
+    assert "conftest.touch" in message  # names the code it would run
     assert ".safetensors files only" in message
     assert not marker.exists()
+    assert unpickling_calls == []
 
 
 @pytest.mark.parametrize("context, base", [(768, "SD1.5"), (2048, "SDXL")])
@@ -267,3 +278,137 @@ def test_nan_and_inf_are_refused(tmp_path):
     assert "NaN or Inf" in message
     assert "preservation.latent_queries" in message and "gate.beta_logit" in message
     assert "gate.alpha_logit" not in message
+
+
+# --- The config is untrusted input: every field is checked before anything is built. ---
+
+def tiny_with_config(tmp_path, config):
+    """TINY's tensors under a replaced config: a dict (top-level changes to TINY's) or raw JSON text."""
+    tensors, metadata = saved_tiny(tmp_path)
+    if isinstance(config, dict):
+        config = json.dumps({**json.loads(metadata["config"]), **config})
+    return write(tmp_path, tensors, {**metadata, "config": config})
+
+
+def config_error(path):
+    """The loader's message, which the header reader (which builds nothing) must give too."""
+    message = load_error(path)
+    with pytest.raises(FlexIPWeightError) as info:
+        read_flexip_header(path)
+    assert str(info.value) == message
+    assert "its FlexIP metadata is damaged or beyond this version's limits: config" in message
+    assert "Download the file again, or re-export it with this pack." in message
+    return message
+
+
+def test_huge_depth_is_refused_before_building(tmp_path):
+    """1 KB of metadata claiming 100 million blocks: refused from the config alone, in milliseconds
+    (the meta device saves tensor memory, not the Python objects of 3 x 10^8 blocks)."""
+    path = tiny_with_config(tmp_path, {"depth": 100_000_000})
+    assert "config.depth is 100000000; it must be an integer from 1 to 64" in config_error(path)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("width", "32"), ("width", 0), ("heads", -4), ("num_latent_queries", 0),
+    ("heads", True), ("heads", 4.0), ("ff_mult", None),
+])
+def test_wrong_type_or_range(tmp_path, field, value):
+    path = tiny_with_config(tmp_path, {field: value})
+    assert f"config.{field} is {value!r}; it must be an integer from 1 to" in config_error(path)
+
+
+def test_heads_not_dividing_width(tmp_path):
+    # heads do not change any tensor shape: only the check can tell this file is broken.
+    path = tiny_with_config(tmp_path, {"heads": 3})
+    assert "config.heads (3) must divide config.width (32)" in config_error(path)
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("[1, 2]", "config must be a JSON object, not list"),
+    ('"tiny"', "config must be a JSON object, not str"),
+    ("[" * 20_000 + "]" * 20_000, "config JSON is nested too deeply"),
+    ('{"depth": 2, "depth": 3}', "config JSON repeats the key 'depth'"),
+])
+def test_config_json_shapes(tmp_path, config, expected):
+    assert expected in config_error(tiny_with_config(tmp_path, config))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_in_config_json(tmp_path, constant):
+    tensors, metadata = saved_tiny(tmp_path)
+    config = metadata["config"].replace('"std": [0.26862954', f'"std": [{constant}', 1)
+    assert config != metadata["config"]
+    message = config_error(write(tmp_path, tensors, {**metadata, "config": config}))
+    assert f"config JSON holds {constant}, which is not a number" in message
+
+
+def test_unknown_and_missing_fields(tmp_path):
+    config = {k: v for k, v in json.loads(json.dumps(TINY.to_dict())).items() if k != "ff_mult"}
+    path = tiny_with_config(tmp_path, json.dumps({**config, "dropout": 0.1}))
+    assert "config.ff_mult missing; config.dropout unknown" in config_error(path)
+
+
+def test_encoder_mean_of_wrong_length(tmp_path):
+    clip = {**json.loads(json.dumps(TINY.to_dict()))["clip"], "mean": [0.5, 0.5]}
+    path = tiny_with_config(tmp_path, {"clip": clip})
+    assert "config.clip.mean is [0.5, 0.5]; it must be 3 finite numbers" in config_error(path)
+
+
+@pytest.mark.parametrize("layers, expected", [
+    (7, "config.layers is 7; it must be a list of 1 to 128 layers"),
+    ([[["input", 1], 16]],
+     "config.layers[0] is [['input', 1], 16]; it must be [[block, index, transformer_index], inner_dim]"),
+    ([[["input", 1, 0], "16"]], "config.layers[0] inner_dim is '16'; it must be an integer from 1 to 8192"),
+])
+def test_malformed_layers(tmp_path, layers, expected):
+    assert expected in config_error(tiny_with_config(tmp_path, {"layers": layers}))
+
+
+def test_parameter_bound(tmp_path):
+    path = tiny_with_config(tmp_path, {"width": 8192, "depth": 64, "heads": 128, "ff_mult": 16})
+    message = config_error(path)
+    assert "parameters; this version loads at most 4,000,000,000" in message
+
+
+def test_giant_config_text(tmp_path):
+    """Valid JSON padded to 1 MB: refused by its length before it is parsed."""
+    tensors, metadata = saved_tiny(tmp_path)
+    config = metadata["config"][:-1] + " " * 1_000_000 + "}"
+    message = config_error(write(tmp_path, tensors, {**metadata, "config": config}))
+    assert f"config JSON is {len(config):,} characters long; a FlexIP config is at most 65,536" in message
+
+
+@pytest.mark.parametrize("key, dtype, code", [
+    ("gate.alpha_logit", torch.int64, "I64"), ("preservation.latent_queries", torch.bool, "BOOL"),
+    ("projections.layers.middle_0_0.to_k_p.weight", torch.uint8, "U8"),
+])
+def test_integer_and_bool_tensors_are_refused(tmp_path, key, dtype, code):
+    tensors, metadata = saved_tiny(tmp_path)
+    tensors[key] = torch.zeros(tensors[key].shape, dtype=dtype)
+    message = load_error(write(tmp_path, tensors, metadata))
+    assert f"tensors that are not floating point: {key} ({code})" in message
+    assert "FlexIP tensors are floating point (F16, BF16, F32 or F64) and all of one type" in message
+
+
+def test_mixed_float_types_are_refused(tmp_path):
+    tensors, metadata = saved_tiny(tmp_path)
+    tensors["gate.beta_logit"] = tensors["gate.beta_logit"].double()
+    message = load_error(write(tmp_path, tensors, metadata))
+    assert "its tensors mix float types: F32 (" in message and "F64 (1: gate.beta_logit)" in message
+    assert "FlexIP tensors are floating point (F16, BF16, F32 or F64) and all of one type" in message
+
+
+def test_half_precision_file_loads(tmp_path):
+    model = random_model(TINY).half()
+    path = tmp_path / "half.safetensors"
+    save_flexip(model, path)
+    loaded = load_flexip(path)
+    assert all(t.dtype == torch.float16 for t in loaded.state_dict().values())
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_header_claiming_a_huge_size(tmp_path):
+    """A header length of 2^40 bytes in a 16-byte file: safetensors refuses it before reading."""
+    path = tmp_path / "huge-header.safetensors"
+    path.write_bytes((2 ** 40).to_bytes(8, "little") + b'{"a": 1}')
+    assert "looks truncated or is not a safetensors file" in load_error(path)
