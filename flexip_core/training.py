@@ -71,8 +71,10 @@ def epsilon_loss(x0_pred, x0, sigma, v_prediction=False):
     With x = x0 + sigma * eps: eps_pred - eps = (x0 - x0_pred) / sigma, so the epsilon MSE is the x0
     error weighted by 1 / sigma^2 (v: (sigma^2 + 1) / sigma^2, ComfyUI's v-prediction with sigma_data 1).
     """
+    dtype = torch.promote_types(x0_pred.dtype, torch.float32)  # half precision is summed in float32
+    sigma = sigma.to(dtype)
     weight = sigma.pow(-2)
     if v_prediction:
         weight = weight * (sigma.pow(2) + 1)
-    err = (x0_pred.float() - x0.float()).pow(2).flatten(1).mean(1)
-    return (err * weight.float()).mean()
+    err = (x0_pred.to(dtype) - x0.to(dtype)).pow(2).flatten(1).mean(1)
+    return (err * weight).mean()

@@ -80,8 +80,12 @@ class FrozenBase:
         self.attention = optimized_attention
         # A checkpoint's UNet comes with requires_grad=True, and a CLIP vision forward with grad
         # enabled keeps gigabytes alive: freeze everything frozen.
-        for module in (model.model, clip.cond_stage_model, vae.first_stage_model, clip_vision.model, dino.model):
-            freeze(module)
+        # (clip, vae and the encoders may be None where a caller encodes by other means, e.g. tests.)
+        freeze(model.model)
+        for part, attribute in ((clip, "cond_stage_model"), (vae, "first_stage_model"), (clip_vision, "model"),
+                                (dino, "model")):
+            if part is not None:
+                freeze(getattr(part, attribute))
         # Backprop needs the whole UNet resident: no partial offload.
         comfy.model_management.load_models_gpu([model], force_full_load=True)
         self.device = model.load_device

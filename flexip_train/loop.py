@@ -139,7 +139,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        # The step's loss over the global batch: the mean of every process's.
+        return self.accelerator.reduce(torch.tensor(total, device=self.base.device), "mean").item()
 
     # --- the run ---
 
