@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import urllib.error
+import uuid
 from pathlib import Path
 
 try:
@@ -74,6 +75,16 @@ class Server:
             self.client.post_json("/queue", {"delete": [prompt_id]})
         except (OSError, http.client.HTTPException, json.JSONDecodeError):
             pass  # best effort: the server may be gone as well
+
+
+def with_own_file_names(prompt, prefix):
+    """The prompt with every SaveImage writing under prefix plus a random suffix: servers that share
+    an output folder (several ComfyUI processes on one machine) count file names independently and
+    would otherwise overwrite each other's images before they are fetched."""
+    for node in prompt.values():
+        if node.get("class_type") == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return prompt
 
 
 def execution_seconds(entry):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .comfy import PromptFailed, Server, ServerDown
+from .comfy import PromptFailed, Server, ServerDown, with_own_file_names
 from .template import fill
 
 GENERATION_LOG = "generation.jsonl"
@@ -144,7 +144,8 @@ class Runner:
         values = {**method.params, "reference_image": server.upload(self.references[job.subject]),
                   "prompt": job.prompt, "seed": job.seed, "control": job.control,
                   "subject": self.spec.subject(job.subject).name}
-        return server.generate(fill(method.workflow, values))
+        prefix = Path("flexip_eval", self.spec.name, job.image.relative_to("images").with_suffix(""))
+        return server.generate(with_own_file_names(fill(method.workflow, values), prefix.as_posix()))
 
     # --- the shared state (all under self.cond) ---------------------------------------------
 
