@@ -145,3 +145,18 @@ def test_cfg_dropout_drops_what_the_uncond_pass_drops(manifests, tmp_path):
             results[name] = (trainer.loss(batch, keys).item(), trainer.loss(other, keys).item())
     assert results["all"][0] == results["all"][1]
     assert results["none"][0] != results["none"][1]
+
+
+def test_feature_cache_skips_the_frozen_encoders_after_the_first_epoch(manifests, tmp_path):
+    cache = tmp_path / "cache"
+    trainer = make_trainer(tiny_config(tmp_path / "run", manifests, run={"max_steps": 8, "checkpoint_every": 8},
+                                       data={"batch_size": 4, "feature_cache": str(cache)}))
+    encoded = []
+    reference = trainer.base.reference
+    trainer.base.reference = lambda images, masks=None: (encoded.append(len(images)), reference(images, masks))[1]
+    trainer.train()
+    # 2 epochs of the 16 samples: the first encodes each once, the second reads them all back.
+    assert sum(encoded) == 16 and trainer.cache.misses == 16 and trainer.cache.hits == 16
+    assert len(list(cache.rglob("*.safetensors"))) == 16
+    with pytest.raises(ValueError, match="other data or settings"):
+        make_trainer(tiny_config(tmp_path / "other", manifests, data={"resolution": 128, "feature_cache": str(cache)}))
