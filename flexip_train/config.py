@@ -52,7 +52,7 @@ class DataOptions:
     batch_size: int = option(16, "Samples per GPU per micro-batch (the paper: 16 on each of 8 GPUs).")
     num_workers: int = option(4, "DataLoader worker processes per GPU.")
     min_gap: int = option(4, "Video samples: smallest frame gap between reference and target.")
-    max_gap: int = option(60, "Video samples: largest frame gap.")
+    max_gap: int = option(32, "Video samples: largest frame gap.")
     feature_cache: str = option("", "Folder for cached frozen features (CLIP, DINOv2, VAE latents, prompt embeddings) as "
                                     "safetensors shards; later epochs skip the frozen encoders. The cache holds one "
                                     "augmentation per sample (epoch 0's). Empty: no cache.")
@@ -167,6 +167,10 @@ def check(config, source):
             problems.append(f"data.{name} must be at least 1")
     if config.data.resolution % 8:
         problems.append("data.resolution must be a multiple of 8 (the VAE's factor)")
+    dropout = (config.dropout.text, config.dropout.image, config.dropout.both)
+    if any(not 0 <= p <= 1 for p in dropout) or sum(dropout) > 1:
+        problems.append("dropout.text, image and both are probabilities of disjoint events: each in [0, 1], "
+                        "their sum at most 1")
     if config.optim.grad_accum < 1:
         problems.append("optim.grad_accum must be at least 1")
     if problems:
