@@ -33,7 +33,7 @@ def test_printed_config_loads_back_unchanged(tmp_path):
     ({"data": {"resolution": 500}}, "multiple of 8"),
     ({"gate": {"alpha": 1.0}}, "strictly between 0 and 1"),
     ({"optim": {"mixed_precision": "fp8"}}, "mixed_precision"),
-    ({"dropout": {"text": 0.6, "image": 0.6}}, "sum to at most 1"),
+    ({"dropout": {"text": 0.6, "image": 0.6}}, "their sum at most 1"),
 ])
 def test_bad_options_are_refused_with_their_name(data, message):
     with pytest.raises(ConfigError, match=message):
