@@ -83,11 +83,10 @@ app.registerExtension({
     // no "live" input and would refuse it); widget.serialize = false keeps it out of the saved
     // workflow's widgets_values, so a shared workflow never opens already re-queueing. Added
     // last, so the positional widgets_values of the real inputs are unchanged.
-    const live = node.addWidget("toggle", "live", false, () => {}, {
-      on: "re-queue on change",
-      off: "off",
-      serialize: false,
-    });
+    // No on/off texts: Nodes 2.0 in frontend 1.58 draws a toggle that has them as a two-button
+    // group without a name (and truncates them). Without them the canvas writes true/false and
+    // Nodes 2.0 (1.32 and 1.58) draws a switch named "live"; the tooltip says what it does.
+    const live = node.addWidget("toggle", "live", false, () => {}, { serialize: false });
     live.serialize = false;
     live.tooltip = "Re-queue the workflow when gamma settles (after a drag or a click).";
     node.setSize([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);

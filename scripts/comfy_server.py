@@ -36,8 +36,11 @@ def write_model_paths():
 
 
 class ComfyServer:
-    def __init__(self, port=None, verbose=False):
+    def __init__(self, port=None, verbose=False, front_end_root=None):
+        """front_end_root: a frontend's static folder to serve instead of the venv's pinned
+        comfyui-frontend-package (host.frontend_root() is the newest one the host has)."""
         self.port = port or free_port()
+        self.front_end_root = front_end_root
         self.url = f"http://127.0.0.1:{self.port}"
         self.verbose = verbose
         self.process = None
@@ -54,6 +57,8 @@ class ComfyServer:
                 "--user-directory", str(RUN / "user"), "--database-url", "sqlite:///:memory:"]
         if self.verbose:
             args += ["--verbose", "DEBUG"]
+        if self.front_end_root:
+            args += ["--front-end-root", str(self.front_end_root)]
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(args, cwd=host.COMFYUI, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})

