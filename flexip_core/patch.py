@@ -9,6 +9,8 @@ module needs no ComfyUI import.
 """
 import copy
 
+import torch
+
 from .injection import inject, weighted_branches
 from .projections import layer_name
 
@@ -49,17 +51,23 @@ class GatedAttention:
     """One layer's attn2 replacement: the layer's own attention (or the patch it wraps) plus FlexIP.
 
     kv_p, kv_s: {COND/UNCOND: (K, V)} of the two branches in this layer's inner width, K and V
-    [1 or rows, N, inner]. gamma: a number, or a tensor [B] of per-sample gammas (training).
+    [1 or rows, N, inner]. gamma: a number, or a tensor [rows] of per-sample gammas, one per row
+    of each CFG chunk (every chunk gets the same rows' gammas: a gamma sweep over a latent batch;
+    training's gate, whose batch is one COND chunk).
     attention(q, k, v, heads, attn_precision=None): the host's attention (ComfyUI's
     optimized_attention), so the branches run exactly the kernel the layer itself runs.
     sigma_window: (start, end) sigmas outside which FlexIP is off, or None for every step.
-    on_call: optional callback(key, chunks), e.g. a debug log.
+    on_call: optional callback(key, chunks, gamma), e.g. a debug log.
     cache_terms: keep the weighted K/V per batch layout across calls (sampling). Training passes
     False: its K/V change every step, and gradient checkpointing must recompute them.
+    schedule: optional schedule(sigma, block) -> gamma (flexip_core.schedule.SigmaSchedule), read
+    at each call in place of gamma.
+    batch_error: batch_error(gammas, rows) -> the exception to raise when a tensor gamma has not
+    one value per row of a chunk (the nodes name the input that gave the gammas).
     """
 
     def __init__(self, key, kv_p, kv_s, gamma, strength, attention, sigma_window=None, wrapped=None,
-                 on_call=None, cache_terms=True):
+                 on_call=None, cache_terms=True, schedule=None, batch_error=None):
         self.key, self.name = key, layer_name(key)
         self.kv_p, self.kv_s = kv_p, kv_s
         self.gamma, self.strength = gamma, strength
@@ -68,7 +76,10 @@ class GatedAttention:
         self.wrapped = wrapped
         self.on_call = on_call
         self.cache_terms = cache_terms
+        self.schedule = schedule
+        self.batch_error = batch_error or gamma_count_error
         # Weighted, stacked K/V per batch layout: built at the first step, reused at every other.
+        # With a schedule, per (layout, gamma), and only the latest gamma of each layout is kept.
         self.terms = {}
 
     def __deepcopy__(self, memo):
@@ -88,17 +99,38 @@ class GatedAttention:
         base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
         if isinstance(self.strength, (int, float)) and self.strength == 0:
             return base
-        if self.sigma_window is not None:  # only then: .item() waits for the GPU
+        if self.sigma_window is not None or self.schedule is not None:  # only then: .item() waits for the GPU
             sigma = extra_options["sigmas"].max().item()
-            if not self.sigma_window[1] <= sigma <= self.sigma_window[0]:
+            if self.sigma_window is not None and not self.sigma_window[1] <= sigma <= self.sigma_window[0]:
                 return base
         chunks = tuple(extra_options["cond_or_uncond"])
-        if self.on_call is not None:
-            self.on_call(self.key, chunks)
         layout = (q.device, q.dtype, chunks, q.shape[0])
+        gamma = self.gamma
+        if self.schedule is not None:
+            gamma = self.schedule(sigma, self.key[0])
+            layout += (gamma,)
+        if self.on_call is not None:
+            self.on_call(self.key, chunks, gamma)
         terms = self.terms.get(layout)
         if terms is None:
-            terms = weighted_branches(self.kv_p, self.kv_s, self.gamma, self.strength, chunks, q.shape[0], q)
+            terms = weighted_branches(self.kv_p, self.kv_s, self.per_row(gamma, chunks, q.shape[0]), self.strength,
+                                      chunks, q.shape[0], q)
             if self.cache_terms:
+                if self.schedule is not None:  # a new step's gamma: the last one's K/V are not needed again
+                    for old in [key for key in self.terms if key[:4] == layout[:4]]:
+                        del self.terms[old]
                 self.terms[layout] = terms
         return inject(q, base, terms, heads, attention)
+
+    def per_row(self, gamma, chunks, batch):
+        """A tensor gamma [rows] repeated over the chunks, as weighted_branches takes it: [batch]."""
+        if not torch.is_tensor(gamma):
+            return gamma
+        rows = batch // len(chunks)
+        if gamma.shape[0] != rows:
+            raise self.batch_error(gamma.shape[0], rows)
+        return gamma if len(chunks) == 1 else gamma.repeat(len(chunks))
+
+
+def gamma_count_error(gammas, rows):
+    return ValueError(f"{gammas} per-sample gammas for a batch of {rows} rows per chunk: one gamma per row is needed")
