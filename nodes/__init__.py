@@ -3,6 +3,7 @@ from .adapters import PersonalizationAdapter, PreservationAdapter
 from .apply import GatedApply
 from .loader import FlexIPLoader
 from .reference import ReferenceEncoder
+from .schedule import FlexIPGammaSchedule, FlexIPGammaSweep
 
 NODE_CLASS_MAPPINGS = {
     "FlexIPLoader": FlexIPLoader,
@@ -10,6 +11,8 @@ NODE_CLASS_MAPPINGS = {
     "FlexIPPreservationAdapter": PreservationAdapter,
     "FlexIPPersonalizationAdapter": PersonalizationAdapter,
     "FlexIPGatedApply": GatedApply,
+    "FlexIPGammaSchedule": FlexIPGammaSchedule,
+    "FlexIPGammaSweep": FlexIPGammaSweep,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPLoader": "FlexIP Loader",
@@ -17,4 +20,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPPreservationAdapter": "FlexIP Preservation Adapter",
     "FlexIPPersonalizationAdapter": "FlexIP Personalization Adapter",
     "FlexIPGatedApply": "FlexIP Gated Apply",
+    "FlexIPGammaSchedule": "FlexIP Gamma Schedule",
+    "FlexIPGammaSweep": "FlexIP Gamma Sweep",
 }

@@ -8,7 +8,9 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..flexip_core.patch import GatedAttention, unet_mismatch
 from ..flexip_core.projections import layer_name
+from ..flexip_core.schedule import SigmaFractions, SigmaSchedule
 from .errors import FlexIPInputError
+from .schedule import sweep_batch_error
 
 NODE = "GatedApply"
 log = logging.getLogger("comfyui-flexip")
@@ -22,10 +24,11 @@ def check_base_model(model, config):
                                "load an SD1.5 checkpoint (SDXL, SD2 and other models are not supported).")
 
 
-def log_call(key, chunks):
-    # The host tests count patch calls per layer and CFG chunk from this DEBUG line.
+def log_call(key, chunks, gamma):
+    # The host tests count patch calls per layer and CFG chunk, and read the gamma used, from this DEBUG line.
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("FlexIP attn2 %s chunks %s", layer_name(key), list(chunks))
+        log.debug("FlexIP attn2 %s chunks %s gamma %r", layer_name(key), list(chunks),
+                  gamma.tolist() if torch.is_tensor(gamma) else gamma)
 
 
 class GatedApply:
@@ -46,13 +49,20 @@ class GatedApply:
             "personalization": ("FLEXIP_PERSONALIZATION", {"tooltip": "From PersonalizationAdapter."}),
             "gamma": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
                                 "tooltip": "0 = follow the prompt freely (personalize), 1 = keep the subject "
-                                           "exactly (preserve)."}),
+                                           "exactly (preserve). Not used when a schedule or a sweep is connected."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
                                    "tooltip": "Overall weight w of FlexIP; 0 gives the model without FlexIP."}),
             "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "Fraction of the sampling at which FlexIP starts."}),
             "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                  "tooltip": "Fraction of the sampling at which FlexIP stops."}),
+        }, "optional": {
+            "schedule": ("FLEXIP_GAMMA_SCHEDULE", {
+                "tooltip": "Optional, from FlexIP Gamma Schedule: gamma over the sampling steps and per UNet block, "
+                           "in place of the gamma slider."}),
+            "sweep": ("FLEXIP_GAMMA_SWEEP", {
+                "tooltip": "Optional, from FlexIP Gamma Sweep: one gamma per image of the latent batch, in place of "
+                           "the gamma slider, so one sampler run gives the whole sweep."}),
         }}
 
     @classmethod
@@ -67,13 +77,21 @@ class GatedApply:
         return True
 
     @torch.no_grad()
-    def apply(self, model, flexip, preservation, personalization, gamma, strength, start_at, end_at):
+    def apply(self, model, flexip, preservation, personalization, gamma, strength, start_at, end_at,
+              schedule=None, sweep=None):
         config = flexip.config
         check_base_model(model, config)
+        if schedule is not None and sweep is not None:
+            raise FlexIPInputError(NODE, "sweep", "a schedule and a sweep are both connected, and gamma comes from one "
+                                   "of them.", "disconnect the schedule or the sweep.")
         patched = model.clone()
         sampling = model.get_model_object("model_sampling")
         sigma_window = None if (start_at, end_at) == (0.0, 1.0) else (
             sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
+        if sweep is not None:
+            gamma = torch.tensor(sweep)  # [N]: GatedAttention gives row i of every CFG chunk gamma i
+        if schedule is not None:  # one for all layers: the sigma table is built once
+            schedule = SigmaSchedule(schedule, SigmaFractions(sampling.percent_to_sigma))
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         for key in flexip.projections.keys:
             kv_p, kv_s = {}, {}
@@ -82,5 +100,5 @@ class GatedApply:
             wrapped = existing.get(key) or existing.get(key[:2])  # another pack's patch on this layer
             patched.set_model_attn2_replace(
                 GatedAttention(key, kv_p, kv_s, gamma, strength, optimized_attention, sigma_window, wrapped,
-                               on_call=log_call), *key)
+                               on_call=log_call, schedule=schedule, batch_error=sweep_batch_error), *key)
         return (patched,)
