@@ -118,9 +118,9 @@ def write_report(spec, out, rows, models, note=None):
         text += [f"> {note}", ""]
     text += [f"{len(rows)} of {expected} images scored; {len(spec.subjects)} subjects, "
              f"{sum(len(s.prompts) for s in spec.subjects)} prompts, seeds {list(spec.seeds)}.", ""]
-    text += ["## Models", ""] + [f"- {metric}: {name}" for metric, name in models.items()] + [""]
-    text += [f"- {name}: workflow `{m.workflow_path.name}`, {m.control_name} in {list(m.controls)}"
-             for name, m in spec.methods.items()] + [""]
+    text += ["## Methods", ""] + [f"- {name}: workflow `{m.workflow_path.name}`, {m.control_name} in {list(m.controls)}"
+                                  for name, m in spec.methods.items()] + [""]
+    text += ["## Scoring models", ""] + [f"- {metric}: {name}" for metric, name in models.items()] + [""]
     if metrics:
         _, _, lines = table1(rows, metrics, control_names)
         text += ["## Table 1", "", "Mean ± half-width of the 95% Student-t interval over images (images of one "
