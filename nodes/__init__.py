@@ -4,10 +4,13 @@ from .apply import GatedApply
 from .loader import FlexIPLoader
 from .reference import ReferenceEncoder
 from .schedule import FlexIPGammaSchedule, FlexIPGammaSweep
+from .subject import LoadSubject, SaveSubject
 
 NODE_CLASS_MAPPINGS = {
     "FlexIPLoader": FlexIPLoader,
     "FlexIPReferenceEncoder": ReferenceEncoder,
+    "FlexIPSaveSubject": SaveSubject,
+    "FlexIPLoadSubject": LoadSubject,
     "FlexIPPreservationAdapter": PreservationAdapter,
     "FlexIPPersonalizationAdapter": PersonalizationAdapter,
     "FlexIPGatedApply": GatedApply,
@@ -17,6 +20,8 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPLoader": "FlexIP Loader",
     "FlexIPReferenceEncoder": "FlexIP Reference Encoder",
+    "FlexIPSaveSubject": "FlexIP Save Subject",
+    "FlexIPLoadSubject": "FlexIP Load Subject",
     "FlexIPPreservationAdapter": "FlexIP Preservation Adapter",
     "FlexIPPersonalizationAdapter": "FlexIP Personalization Adapter",
     "FlexIPGatedApply": "FlexIP Gated Apply",
