@@ -1,18 +1,10 @@
 """Fixtures of the evaluation tests: cheap ComfyUI servers (core nodes only, no model: about
-0.5 GB each), a cheap method template (blend_api.json: the reference blended towards a colour
-given by the seed, by the control), tiny scoring models in local files, and spec writing."""
-import json
+0.5 GB each) and tiny scoring models in local files. Spec writing and the cheap method are in helpers.py."""
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.flexip_eval.tiny_models import tiny_aesthetic_head, tiny_dinov2, tiny_open_clip
-
-HERE = Path(__file__).resolve().parent
-BLEND_TEMPLATE = HERE / "blend_api.json"
 
 
 @pytest.fixture(scope="session")
@@ -53,50 +45,3 @@ def tiny_scoring(tmp_path_factory):
             "clip": {"path": str(tiny_open_clip(folder / "tiny-clip"))},
             "dino": {"path": str(tiny_dinov2(folder / "tiny-dinov2.safetensors")), "resolution": 32},
             "aesthetic": {"head": str(tiny_aesthetic_head(folder / "aesthetic-head.pth"))}}
-
-
-def references(folder, count, seed=0):
-    """count textured reference images of different, non-square sizes."""
-    rng = np.random.RandomState(seed)
-    paths = []
-    for i in range(count):
-        path = Path(folder) / f"subject{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((rng.rand(80 + 8 * i, 64, 3) * 255).astype("uint8")).save(path)
-        paths.append(path)
-    return paths
-
-
-def toml_value(value):
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)  # strings, numbers and lists of them read the same in TOML
-
-
-def write_spec(folder, *, subjects, methods, seeds=(0,), controls=(0.0, 1.0), servers=(), queue_depth=2,
-               scoring=None, note="", name="test-bench"):
-    """A TOML spec under folder. subjects: [(id, image path, [prompts])]; methods: {name: table}."""
-    lines = ["[benchmark]", f"name = {toml_value(name)}", f"seeds = {toml_value(list(seeds))}",
-             f"controls = {toml_value(list(controls))}", f"note = {toml_value(note)}", "",
-             "[servers]", f"urls = {toml_value(list(servers))}", f"queue_depth = {queue_depth}", ""]
-    for subject_id, image, prompts in subjects:
-        lines += ["[[subjects]]", f"id = {toml_value(subject_id)}", f"image = {toml_value(str(image))}",
-                  f"prompts = {toml_value(list(prompts))}", ""]
-    for name, table in methods.items():
-        lines += [f"[methods.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()] + [""]
-    for key, table in (scoring or {}).items():
-        if isinstance(table, dict):
-            lines += [f"[scoring.{key}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()] + [""]
-    plain = {k: v for k, v in (scoring or {}).items() if not isinstance(v, dict)}
-    if plain:
-        lines += ["[scoring]"] + [f"{k} = {toml_value(v)}" for k, v in plain.items()] + [""]
-    path = Path(folder) / "spec.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def blend_method(controls=None, size=32):
-    table = {"workflow": str(BLEND_TEMPLATE), "control": "blend", "params": {"size": size}}
-    if controls is not None:
-        table["controls"] = list(controls)
-    return table

@@ -15,7 +15,7 @@ from PIL import Image
 
 from flexip_eval.cli import main
 from flexip_eval.scoring import SCORES, read_scores
-from tests.flexip_eval.conftest import references, write_spec
+from tests.flexip_eval.helpers import references, write_spec
 
 GAMMAS = (0.2, 0.9)
 NOTE = "Random-initialised model files: these numbers test the pipeline and say nothing about FlexIP."

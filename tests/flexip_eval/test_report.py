@@ -13,7 +13,7 @@ from flexip_eval.report import run_history, smoothness_table, table1, write_repo
 from flexip_eval.runner import RUN_LOG
 from flexip_eval.spec import load_spec
 from flexip_eval.stats import mean_ci
-from tests.flexip_eval.conftest import BLEND_TEMPLATE, references, write_spec
+from tests.flexip_eval.helpers import BLEND_TEMPLATE, references, write_spec
 
 METRICS = ["clip_t", "clip_i", "dino_i", "clip_iqa", "aesthetic"]
 

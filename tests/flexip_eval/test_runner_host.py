@@ -22,7 +22,7 @@ from flexip_eval.runner import GENERATION_LOG, RUN_LOG, Runner, read_jsonl
 from flexip_eval.scoring import SCORES, read_scores
 from flexip_eval.spec import load_spec
 from flexip_eval.template import fill
-from tests.flexip_eval.conftest import blend_method, references, write_spec
+from tests.flexip_eval.helpers import blend_method, references, write_spec
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLS = (0.0, 0.25, 0.5, 0.75, 1.0)

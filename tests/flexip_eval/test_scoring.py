@@ -14,7 +14,7 @@ from flexip_core.metrics import CLIP_IQA_PAIRS, clip_iqa, cosine
 from flexip_eval.runner import GENERATION_LOG
 from flexip_eval.scoring import SCORES, Scorer, load_image, load_mask, read_scores
 from flexip_eval.spec import load_spec
-from tests.flexip_eval.conftest import BLEND_TEMPLATE, references, write_spec
+from tests.flexip_eval.helpers import BLEND_TEMPLATE, references, write_spec
 
 
 @pytest.fixture(scope="module")
