@@ -4,11 +4,17 @@ Uses real model files where they are in the models folders under the names the s
 workflows use; otherwise builds full-shape random-initialised ones once (cached) and says so.
 Queues example_workflows/api/flexip_gamma_sweep_api.json (gamma 0, 0.25, 0.5, 0.75, 1) through
 the HTTP API and writes a labelled contact sheet PNG.
+
+Then it shows what gamma does with trained weights: the miniature (benchmarks/nano), FlexIP
+trained on the CPU on a toy world, built on the first run (minutes) and cached in .host/nano;
+its gamma sweep on subjects it never saw is copied next to the contact sheet.
 """
 import argparse
 import contextlib
 import io
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,6 +99,20 @@ def contact_sheet(reference, images, gammas, warning, path):
     sheet.save(path)
 
 
+# The miniature's CI-sized run: a few minutes to build on 2 CPU cores, then cached.
+NANO_SIZE = "ci"
+
+
+def nano_sweep(out):
+    """Build (or reuse) the trained miniature and copy its gamma sweep into out; -> the sheet's path."""
+    cache = host.HOST / "nano" / NANO_SIZE
+    subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", NANO_SIZE, "--cache", str(cache)],
+                   cwd=host.REPO, check=True)
+    sheet = out / "nano_gamma_sweep.png"
+    shutil.copyfile(cache / "report" / "gamma_sweep.png", sheet)
+    return sheet, cache / "report" / "report.md"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", help="reference image (default: a synthetic subject)")
@@ -100,6 +120,8 @@ def main():
     parser.add_argument("--steps", type=int, help="sampling steps (default 30 with real weights, 4 with random)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(host.HOST / "run" / "demo"), help="output folder")
+    parser.add_argument("--no-nano", action="store_true", help="skip the trained miniature's gamma sweep "
+                        "(benchmarks/nano; a few minutes on its first run, cached after)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +154,10 @@ def main():
     finally:
         server.stop()
     print(f"[demo] contact sheet: {sheet}")
+    if not args.no_nano:
+        with stage("miniature: FlexIP-nano trained on a toy world (built once, then cached)"):
+            nano_sheet, nano_report = nano_sweep(out)
+        print(f"[demo] trained gamma sweep (miniature): {nano_sheet}  (report: {nano_report})")
     for name, seconds in stage.times:
         print(f"[demo]   {seconds:7.1f} s  {name}")
     if warning:

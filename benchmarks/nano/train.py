@@ -1,0 +1,64 @@
+"""FlexIP-nano: flexip_core's FlexIP at the miniature's widths, trained by flexip_train's Trainer.
+
+The configuration is the TINY one with the miniature's widths and the layers of its UNet (found
+with flexip_core.patch.cross_attentions, so the keys are ComfyUI's attn2 keys). The Trainer is the
+project's real loop: the 1:1 image / multi-view sampler, the dataset's reference augmentation, CFG
+dropout, the gate, GatedAttention patches into ComfyUI's UNet, the epsilon loss, checkpoints and
+the exported weight file. The baseline (baseline.py) is trained by the same call with its gate fixed.
+"""
+import dataclasses
+
+from flexip_core.config import IMAGENET_MEAN, IMAGENET_STD, TINY, EncoderSpec
+from flexip_core.patch import cross_attentions
+
+from . import encoders, world
+from .base import TEXT_DIM
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The adapters' training budget, the same for FlexIP and the baseline."""
+    steps: int
+    batch: int
+    lr: float = 1e-3
+    warmup: int = 50
+
+
+def nano_config(diffusion_model):
+    layers = sorted((key, attn.to_k.out_features) for key, attn in cross_attentions(diffusion_model).items())
+    return dataclasses.replace(
+        TINY, name="nano", width=64, depth=2, heads=4, ff_mult=2, num_latent_queries=8, num_clip_tokens=4,
+        text_dim=TEXT_DIM, context_dim=TEXT_DIM,
+        clip=EncoderSpec("image_embeds", encoders.DIM, world.SIZE),
+        dino=EncoderSpec("patch_tokens", encoders.DIM, world.SIZE, IMAGENET_MEAN, IMAGENET_STD),
+        layers=tuple(layers))
+
+
+# FlexIP's gate as the paper starts it: alpha (image samples) and beta (1 - gamma of variant samples)
+# learned from 0.9.
+FLEXIP_GATE = {"mode": "learned", "alpha": 0.9, "beta": 0.9}
+# CFG dropout: the paper's 5 % each, with the prompt dropped more often, so that the reference
+# alone has to carry the subject more often (design note).
+DROPOUT = {"text": 0.1, "image": 0.05, "both": 0.05}
+
+
+def train_adapters(base, flexip_config, manifests, folder, budget, gate=FLEXIP_GATE, seed=0, export_name="flexip-nano"):
+    """Train with flexip_train's Trainer (resuming a run left in `folder`); -> the exported weight file."""
+    from accelerate import Accelerator
+
+    from flexip_train.config import config_from_dict
+    from flexip_train.loop import Trainer
+
+    config = config_from_dict({
+        "run": {"output_dir": str(folder), "seed": seed, "max_steps": budget.steps, "log_every": 10,
+                "checkpoint_every": max(1, budget.steps // 4), "keep_checkpoints": 1, "validate_every": 0,
+                "resume": "auto", "export_name": f"{export_name}.safetensors"},
+        "data": {"manifests": [str(m) for m in manifests], "resolution": world.SIZE, "batch_size": budget.batch,
+                 "num_workers": 0},
+        "optim": {"lr": budget.lr, "warmup_steps": budget.warmup, "weight_decay": 0.01, "max_grad_norm": 1.0},
+        "gate": dict(gate),
+        "dropout": dict(DROPOUT),
+    }, source="benchmarks.nano")
+    trainer = Trainer(config, base, flexip_config, Accelerator(cpu=True))
+    trainer.train()
+    return trainer.export()

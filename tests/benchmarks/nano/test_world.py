@@ -1,0 +1,80 @@
+"""The miniature's world (benchmarks/nano/world.py): ids, the held-out split, rendering, words, data on disk."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.nano import world
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return world.Renderer()
+
+
+def test_ids_round_trip():
+    for i in (0, 1, 77, world.NUM_SUBJECTS - 1):
+        assert world.Subject.from_id(i).id == i
+    for i in (0, 5, world.NUM_SCENES - 1):
+        assert world.Scene.from_id(i).id == i
+    assert world.NUM_SUBJECTS == 384 and world.NUM_SCENES == 36
+
+
+def test_split_is_fixed_disjoint_and_covers_every_value():
+    train, held = world.split()
+    assert (train, held) == world.split()
+    assert len(held) == world.HELD_OUT and not set(train) & set(held)
+    assert sorted(train + held) == list(range(world.NUM_SUBJECTS))
+    for attribute in world.SUBJECT_ATTRIBUTES:
+        assert {getattr(world.Subject.from_id(i), attribute) for i in held} == set(world.VALUES[attribute])
+
+
+def test_render_paints_the_palette_where_the_masks_are_whole(renderer):
+    subject = world.Subject("square", "green", "bars", "pink")
+    scene = world.Scene("night", "right", "large")
+    picture = renderer.render([subject.id], [scene.id])[0]
+    assert picture.shape == (32, 32, 3) and picture.min() >= 0 and picture.max() <= 1
+    colours = {tuple(np.round(p * 255).astype(int)) for p in picture.reshape(-1, 3).numpy()}
+    for palette, name in ((world.BACKGROUNDS, "night"), (world.COLOURS, "green"), (world.MARKS, "pink")):
+        assert palette[name] in colours
+    assert picture[16, 2].tolist() == pytest.approx([c / 255 for c in world.BACKGROUNDS["night"]])  # left: background
+    # bars: the vertical band at u in [-0.5, 0) is the mark colour, u in [0, 0.5) the body's
+    assert picture[16, 21].tolist() == pytest.approx([c / 255 for c in world.MARKS["pink"]])
+    assert picture[16, 25].tolist() == pytest.approx([c / 255 for c in world.COLOURS["green"]])
+
+
+def test_captions_never_name_the_reference_only_attributes():
+    hidden = set(world.PATTERNS) | set(world.MARKS)
+    for i in range(0, world.NUM_SUBJECTS, 7):
+        subject = world.Subject.from_id(i)
+        for c in range(0, world.NUM_SCENES, 5):
+            scene = world.Scene.from_id(c)
+            for text in (world.caption(subject, scene), world.caption(subject, scene, False), world.prompt(subject, scene)):
+                assert not hidden & set(text.split()) and set(text.split()) <= set(world.VOCABULARY)
+            assert subject.colour in world.caption(subject, scene) and subject.colour not in world.prompt(subject, scene)
+    named = [world.names_colour(s, c) for s in range(50) for c in range(10)]
+    assert 0.4 < np.mean(named) < 0.6 and named == [world.names_colour(s, c) for s in range(50) for c in range(10)]
+
+
+def test_evaluation_prompts_ask_for_another_scene_entirely():
+    _, held = world.split()
+    cases = world.evaluation_cases(held, 2)
+    assert len(cases) == 2 * len(held) and cases == world.evaluation_cases(held, 2)
+    for case in cases:
+        a, b = world.Scene.from_id(case.reference_scene), world.Scene.from_id(case.prompt_scene)
+        assert a.background != b.background and a.position != b.position and a.size != b.size
+        assert world.Subject.from_id(case.subject).shape in case.prompt
+
+
+def test_training_data_holds_out_the_evaluation_subjects(tmp_path):
+    from flexip_train.manifest import read_manifest
+    images, multiview = world.write_training_data(tmp_path, views_per_subject=2, pairs_per_view=1, progress=False)
+    train, held = world.split()
+    image_samples, problems = read_manifest(images)
+    assert not problems and len(image_samples) == 2 * len(train)
+    view_samples, problems = read_manifest(multiview)
+    assert not problems and len(view_samples) == 2 * len(train)
+    subjects = {int(s.target.split("/")[-2]) for s in image_samples}
+    assert subjects == set(train) and not subjects & set(held)
+    for sample in view_samples:
+        assert sample.modality == "multiview" and sample.references[0] != sample.target
+        assert sample.references[0].split("/")[-2] == sample.target.split("/")[-2]  # one subject's two views
