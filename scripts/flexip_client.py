@@ -105,11 +105,13 @@ def nodes_of(prompt, class_type, title=None):
     return found
 
 
-def override(prompt, image=None, prompt_text=None, gamma=None, seed=None, models=None, size=None, steps=None):
+def override(prompt, image=None, prompt_text=None, gamma=None, seed=None, models=None, size=None, steps=None,
+             subject=None):
     """A copy of an API-format workflow with the given inputs replaced.
 
     models: {"checkpoint", "clip_vision", "dino", "flexip"} -> file name (any subset); the DINOv2
     loader is the CLIPVisionLoader whose current file name mentions dino.
+    subject: a saved subject's name in models/flexip_subjects, for the FlexIPLoadSubject nodes.
     """
     prompt = json.loads(json.dumps(prompt))
     models = models or {}
@@ -130,6 +132,8 @@ def override(prompt, image=None, prompt_text=None, gamma=None, seed=None, models
             inputs["clip_name"] = models.get(role, inputs["clip_name"])
         elif kind == "FlexIPLoader" and "flexip" in models:
             inputs["flexip_name"] = models["flexip"]
+        elif kind == "FlexIPLoadSubject" and subject is not None:
+            inputs["subject_name"] = subject
     if prompt_text is not None:
         nodes_of(prompt, "CLIPTextEncode", "Positive")[0]["inputs"]["text"] = prompt_text
     return prompt
@@ -145,13 +149,14 @@ def main():
     parser.add_argument("--seed", type=int)
     parser.add_argument("--size", type=int, help="image width and height in pixels")
     parser.add_argument("--steps", type=int, help="sampling steps")
+    parser.add_argument("--subject", help="a saved subject in models/flexip_subjects (FlexIP Load Subject)")
     parser.add_argument("--out", default=".", help="folder for the images")
     args = parser.parse_args()
 
     client = Client(args.server)
     image = client.upload_image(args.image) if args.image else None
     prompt = override(json.loads(Path(args.workflow).read_text()), image, args.prompt, args.gamma, args.seed,
-                      size=args.size, steps=args.steps)
+                      size=args.size, steps=args.steps, subject=args.subject)
     entry = client.run(prompt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
