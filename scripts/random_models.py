@@ -17,6 +17,8 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / ".host" / "models"
 RECIPE = "v1"
+# The FlexIP file has its own recipe: changing it must not rebuild the 6 GB of encoders and UNet.
+FLEXIP_RECIPE = "v2"
 
 
 def _cached(folder, name, build):
@@ -128,9 +130,11 @@ def _check_text_matters(unet):
 
 
 def flexip_sd15(seed=3):
-    """A FlexIP(sd15) file as training would start it: random adapters, per-layer projections
-    initialised from the random SD1.5 checkpoint's own to_k / to_v."""
-    path = MODELS / "flexip" / f"flexip-sd15.random-{RECIPE}.safetensors"
+    """A FlexIP(sd15) file as training would start it (random adapters, per-layer projections
+    from the random SD1.5 checkpoint's own to_k / to_v), except that each branch's projections
+    get their own small random offset: with both branches equal to to_k / to_v, a test could not
+    tell P's projections from S's (a node that swapped them would pass)."""
+    path = MODELS / "flexip" / f"flexip-sd15.random-{FLEXIP_RECIPE}.safetensors"
     if not path.exists():
         from safetensors import safe_open
 
@@ -142,9 +146,24 @@ def flexip_sd15(seed=3):
             model.projections.init_from_unet({key: tuple(
                 f.get_tensor(f"model.diffusion_model.{_unet_attn2(key)}.{proj}.weight").float()
                 for proj in ("to_k", "to_v")) for key in model.projections.keys})
+        _offset_branches(model.projections, torch.Generator().manual_seed(seed))
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_flexip(model, path, {"note": "random-initialised test weights: no training"})
+        save_flexip(model, path, {"note": "random-initialised test weights: no training; each branch's "
+                                          "projections are the layer's to_k / to_v plus their own offset"})
     return path
+
+
+@torch.no_grad()
+def _offset_branches(projections, generator, scale=0.5):
+    """Add to every branch projection its own noise, `scale` times the weight's spread, and check
+    that P's and S's projections now differ in every layer."""
+    for key in projections.keys:
+        layer = projections[key]
+        for linear in (layer.to_k_p, layer.to_v_p, layer.to_k_s, layer.to_v_s):
+            linear.weight += scale * linear.weight.std() * torch.randn(linear.weight.shape, generator=generator)
+        for p, s in ((layer.to_k_p, layer.to_k_s), (layer.to_v_p, layer.to_v_s)):
+            gap = (p.weight - s.weight).norm() / p.weight.norm()
+            assert gap > 0.1 * scale, f"layer {key}: P's and S's projections are alike ({gap:.3g})"
 
 
 def _unet_attn2(key):
