@@ -31,8 +31,9 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
-from .manifest import (MASK_SUFFIX, MIN_GAP, VIDEO_EXTENSIONS, Problem, Sample, count_decoded_frames,
-                       frame_count, is_image_file, list_frames, load_image, load_mask, video_stream)
+from .manifest import MIN_GAP, Problem, Sample
+from .media import (MASK_SUFFIX, VIDEO_EXTENSIONS, count_decoded_frames, frame_count, is_image_file, list_frames,
+                    load_image, load_mask, video_stream)
 
 CAPTION_FILE = "caption.txt"
 CHECK_SIDE = 64  # the builders decode images (a JPEG at a reduced scale) only to prove they decode

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .manifest import MAX_GAP, MIN_GAP, TooFewFrames, frame_count, load_image, load_mask, read_frames
+from .manifest import MAX_GAP, MIN_GAP
+from .media import TooFewFrames, frame_count, load_image, load_mask, read_frames
 
 # Light augmentation of an image sample's reference (the target stays the clean picture), so the
 # adapters cannot copy pixels: a square crop of 80-100% of the shorter side anywhere in the
