@@ -1,8 +1,9 @@
-"""python -m flexip_eval {run,score} SPEC [options]; see the package docstring."""
+"""python -m flexip_eval {run,score} SPEC [options]."""
 import argparse
 import sys
 from pathlib import Path
 
+from . import __doc__ as PACKAGE_DOC
 from .report import write_report
 from .runner import Runner
 from .scoring import SCORES, Scorer, read_scores
@@ -27,7 +28,8 @@ def score_and_report(spec, out, progress=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m flexip_eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flexip_eval", description=PACKAGE_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="generate the images not yet on disk, score them all, write the report")
     score = commands.add_parser("score", help="score the images on disk again and write the report (no generation)")
@@ -40,7 +42,14 @@ def main(argv=None):
     run.add_argument("--queue-depth", type=int, help="prompts kept queued on each server (replaces the spec's)")
     run.add_argument("--generate-only", action="store_true", help="stop after generation (score later with `score`)")
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a bad spec, model file or server list
+        print(f"python -m flexip_eval {args.command}: {e}", file=sys.stderr)
+        return 2
 
+
+def _command(args):
     spec = load_spec(args.spec)
     out = output_folder(spec, args.out)
     progress = not args.no_progress

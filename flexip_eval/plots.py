@@ -87,7 +87,7 @@ def contact_sheet(spec, out, folder, subject=None):
     for r, (method, p, prompt) in enumerate(lines):
         axes[r][0].imshow(Image.open(subject.image).convert("RGB"))
         axes[r][0].set_title("reference", fontsize=7)
-        axes[r][0].set_ylabel("\n".join(textwrap.wrap(f"{method}: {prompt}", 28)[:4]), fontsize=6)
+        axes[r][0].set_ylabel("\n".join(textwrap.wrap(f"{method.name}: {prompt}", 28)[:4]), fontsize=6)
         for c in range(columns):
             ax = axes[r][c + 1]
             if c < len(method.controls):

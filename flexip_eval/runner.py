@@ -131,13 +131,18 @@ class Runner:
             started = time.time()
             try:
                 png, seconds = self._generate(server, task.job)
+                self._save(server.url, task, png, seconds, time.time() - started)
             except ServerDown as e:
                 self._server_down(server.url, task, str(e))
                 return
-            except (PromptFailed, KeyError, ValueError) as e:
+            except PromptFailed as e:
                 self._failed(server.url, task, str(e))
                 continue
-            self._save(server.url, task, png, seconds, time.time() - started)
+            except Exception as e:  # anything else (a full disk ...) must not leave the other workers waiting
+                self._failed(server.url, task, f"{type(e).__name__}: {e}")
+                continue
+            if self.on_image:
+                self.on_image(task.job, server.url)
 
     def _generate(self, server, job):
         method = self.spec.methods[job.method]
@@ -193,8 +198,6 @@ class Runner:
             self.summary.per_server[url] = self.summary.per_server.get(url, 0) + 1
             self.bar.update(1)
             self.cond.notify_all()
-        if self.on_image:
-            self.on_image(task.job, url)
 
     def _failed(self, url, task, message):
         task.failures.append((url, message))

@@ -114,6 +114,8 @@ def parse_spec(raw, path):
     if not methods:
         raise ValueError(f"{path}: no methods: add a [methods.NAME] table with a workflow template")
     servers = raw.get("servers", {})
+    if int(servers.get("queue_depth", 2)) < 1:
+        raise ValueError(f"{path}: [servers] queue_depth must be at least 1")
     return Spec(name=bench.get("name", path.stem), path=path, subjects=subjects, methods=methods, seeds=seeds,
                 servers=list(servers.get("urls", [])), queue_depth=int(servers.get("queue_depth", 2)),
                 retries=int(servers.get("retries", 2)), timeout=float(servers.get("timeout", 900)),

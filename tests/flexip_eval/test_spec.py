@@ -176,3 +176,21 @@ def test_ui_format_workflows_are_refused(tmp_path):
     (tmp_path / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))
     with pytest.raises(ValueError, match="Export \\(API\\)"):
         load_template(tmp_path / "ui.json")
+
+
+def test_the_command_line_names_a_bad_spec_and_what_to_fix(spec_folder, capsys):
+    from flexip_eval.cli import main
+    (spec_folder / "spec.toml").write_text(SPEC.replace('checkpoint = "sd15.safetensors"\n', ""))
+    assert main(["score", str(spec_folder / "spec.toml")]) == 2
+    assert "python -m flexip_eval score: method flexip: flexip_sd15.json has placeholders ['checkpoint']" in \
+        capsys.readouterr().err
+
+
+def test_the_shipped_example_spec_loads(tmp_path, dreambench):
+    text = (REPO / "flexip_eval" / "examples" / "dreambench_flexip.toml").read_text()
+    (tmp_path / "example.toml").write_text(text.replace('"/data/dreambench_plus/data"', f'"{dreambench}"')
+                                           .replace('["animal", "human", "object"]', '["animal", "object"]'))
+    spec = load_spec(tmp_path / "example.toml")
+    assert len(spec.jobs()) == 3 * 3 * 3 * 5  # 3 subjects x 3 prompts x 3 seeds x 5 gamma values
+    assert spec.methods["flexip"].params["steps"] == 50 and set(spec.scoring) == {"device", "batch_size", "clip",
+                                                                                   "dino", "aesthetic"}
