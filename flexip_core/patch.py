@@ -117,7 +117,7 @@ class GatedAttention:
                                       chunks, q.shape[0], q)
             if self.cache_terms:
                 if self.schedule is not None:  # a new step's gamma: the last one's K/V are not needed again
-                    for old in [key for key in self.terms if key[:4] == layout[:4]]:
+                    for old in [cached for cached in self.terms if cached[:4] == layout[:4]]:
                         del self.terms[old]
                 self.terms[layout] = terms
         return inject(q, base, terms, heads, attention)
