@@ -94,8 +94,9 @@ class LoadSubject:
         }}
 
     @classmethod
-    def IS_CHANGED(cls, subject_name):
-        # A file replaced under the same name is loaded again.
+    def IS_CHANGED(cls, subject_name, **linked):
+        # A file replaced under the same name is loaded again. ComfyUI also passes the linked
+        # input (flexip) here, as None.
         path = folder_paths.get_full_path(FOLDER, subject_name)
         return os.path.getmtime(path) if path else ""
 

@@ -54,7 +54,7 @@ def test_object_info_lists_the_subject_nodes_with_tooltips(client):
     assert info["FlexIPSaveSubject"]["output_node"] is True
 
 
-def test_a_saved_subject_gives_the_original_image_without_encoders(client, test_prompt, subject_files):
+def test_a_saved_subject_gives_the_original_image_without_encoders(server, client, test_prompt, subject_files):
     prefix = f"test_subject_{uuid.uuid4().hex[:8]}"
     save = test_prompt("flexip_save_subject_api.json", seed=31)
     save["16"]["inputs"]["filename_prefix"] = prefix
@@ -75,7 +75,9 @@ def test_a_saved_subject_gives_the_original_image_without_encoders(client, test_
     assert [node["inputs"]["subject_name"] for node in load.values() if node["class_type"] == "FlexIPLoadSubject"] == [name]
     original = digest(image_of(client, client.run(test_prompt(seed=31))))  # the basic graph, no subject file
     assert digest(image_of(client, saved)) == original
+    start = len(server.log_text())
     assert digest(image_of(client, client.run(load))) == original
+    assert "LoadSubject." not in server.log_text()[start:]  # e.g. "WARNING: LoadSubject.IS_CHANGED() got an unexpected..."
 
 
 def test_a_subject_of_another_config_is_refused_by_name(client, test_prompt, subject_files):

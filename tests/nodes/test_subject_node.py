@@ -161,6 +161,7 @@ def test_missing_file_and_is_changed(pack, flexip, folder):
     assert "Fix: save one with FlexIP Save Subject" in message
     name = save(pack, flexip, features(TINY))
     assert load.VALIDATE_INPUTS(name) is True
-    stamp = load.IS_CHANGED(name)
+    # As ComfyUI calls it: every input, the linked ones as None.
+    stamp = load.IS_CHANGED(flexip=None, subject_name=name)
     os.utime(folder / name, (1, 1))  # the file replaced under the same name
-    assert load.IS_CHANGED(name) != stamp
+    assert load.IS_CHANGED(flexip=None, subject_name=name) != stamp
