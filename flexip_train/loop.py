@@ -67,8 +67,12 @@ class Trainer:
         self.run_dir = Path(config.run.output_dir)
         self.flexip = init_flexip(flexip_config, base, config)
         self.dropout = CFGDropout(config.dropout.text, config.dropout.image, config.dropout.both)
-        trainable = [p for p in self.flexip.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        # Weight decay would pull the gate's logits toward 0 (alpha = beta = 0.5), against the paper's
+        # "start near 1": the gate trains without it.
+        gate = [p for p in self.flexip.gate.parameters() if p.requires_grad]
+        rest = [p for name, p in self.flexip.named_parameters() if p.requires_grad and not name.startswith("gate.")]
+        groups = [{"params": rest}] + ([{"params": gate, "weight_decay": 0.0}] if gate else [])
+        self.optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
         warmup = config.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
