@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+
+from .pickle_sniff import read_pickle
 from torch import nn
 
 EMBED_DIM = 768
@@ -47,6 +49,15 @@ def load_aesthetic_head(path):
     if path.suffix == ".safetensors":
         state = load_file(path)
     else:
+        # weights_only is only safe from torch 2.6 on, and the file is read first without unpickling:
+        # a pickle that would import code is refused before torch.load sees it.
+        if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+            raise ValueError(f"{path}: reading a pickled .pth needs torch >= 2.6 (older weights_only loading is "
+                             "unsafe); convert the head to safetensors")
+        summary = read_pickle(path)
+        if summary.imports or not summary.complete:
+            raise ValueError(f"{path} is not a plain tensor checkpoint (unpickling it would import "
+                             f"{', '.join(summary.imports) or 'unknown code'}); convert the head to safetensors")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses anything but tensors and plain containers

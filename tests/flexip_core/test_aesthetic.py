@@ -48,14 +48,14 @@ def test_wrong_files_are_refused_with_what_was_found(tmp_path):
         load_aesthetic_head(tmp_path / "list.pth")
 
 
-def test_pickled_code_is_not_run(tmp_path):
-    """weights_only refuses objects other than tensors and plain containers."""
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pickled code ran",))
-    torch.save({"layers.0.weight": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="tensor-only checkpoint"):
+def test_pickled_code_is_refused_before_anything_is_unpickled(tmp_path, payload, unpickling_calls):
+    """A .pth whose unpickling would import code is named from its opcodes and never handed to
+    torch.load (whose weights_only is unsafe before torch 2.6)."""
+    obj, marker = payload
+    torch.save({"layers.0.weight": obj}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="would import .*convert the head to safetensors"):
         load_aesthetic_head(tmp_path / "evil.pth")
+    assert unpickling_calls == [] and not marker.exists()
 
 
 def test_a_clip_of_another_width_is_refused():
