@@ -1,9 +1,10 @@
 """python -m benchmarks.nano [--size full|ci] [--cache DIR] [--report DIR] [--rebuild]
 
 Builds the miniature from nothing (or from its cache) and writes the report:
-world -> encoders -> base -> FlexIP-nano -> baseline -> evaluation -> report.
+data, encoders, base -> FlexIP-nano, baseline -> evaluation -> report.
 Each stage is cached under the cache folder (default .host/nano/<size>) with a stamp of its
-settings and code; a stage whose stamp differs is rebuilt, and so is everything after it.
+settings, its code and the stamps of the stages it is built from; a stage whose stamp differs is
+rebuilt, and so is everything built from it.
 """
 import argparse
 import dataclasses
@@ -47,9 +48,9 @@ SIZES = {
                  base_steps=3000, base_batch=32, adapters=Budget(steps=2000, batch=32), baseline=True,
                  eval_subjects=48, cases_per_subject=1, seeds=(0, 1, 2), gammas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                  sampling=Sampling(steps=15, cfg=3.0)),
-    "ci": Size("ci", views_per_subject=4, pairs_per_view=2, encoder_steps=150, encoder_subjects=64,
-               base_steps=600, base_batch=32, adapters=Budget(steps=400, batch=32), baseline=False,
-               eval_subjects=24, cases_per_subject=1, seeds=(0, 1), gammas=(0.0, 0.25, 0.5, 0.75, 1.0),
+    "ci": Size("ci", views_per_subject=4, pairs_per_view=2, encoder_steps=100, encoder_subjects=64,
+               base_steps=900, base_batch=16, adapters=Budget(steps=500, batch=16), baseline=False,
+               eval_subjects=24, cases_per_subject=1, seeds=(0, 1), gammas=(0.0, 1 / 3, 2 / 3, 1.0),
                sampling=Sampling(steps=10, cfg=3.0)),
 }
 
@@ -62,22 +63,23 @@ def code_hash(*modules):
 
 
 class Stages:
-    """Cached stages. current(name, settings, modules) says whether a stage's cached output is
-    current (its settings, its code and every earlier stage unchanged), clearing it if not;
-    done(seconds) stamps it with the time it took, which the report shows for cached stages too."""
+    """Cached stages. current(name, settings, modules, after) says whether a stage's cached output
+    is current (its settings, its code and the stamps of the stages it is built from unchanged),
+    clearing it if not; done() stamps it with the time it took, which the report shows for cached
+    stages too."""
 
     def __init__(self, root, rebuild):
         self.root, self.rebuild = Path(root), rebuild
-        self.chain = ""  # the stamps so far: a stage depends on every stage before it
-        self.pending = None
+        self.stamps, self.pending = {}, None
 
     def folder(self, name):
         return self.root / name
 
-    def current(self, name, settings, modules):
+    def current(self, name, settings, modules, after=()):
         stamp = {"settings": settings, "code": code_hash(*modules),
-                 "before": hashlib.sha256(self.chain.encode()).hexdigest()[:16]}
-        self.chain += json.dumps(stamp, sort_keys=True)
+                 "after": {a: hashlib.sha256(json.dumps(self.stamps[a], sort_keys=True).encode()).hexdigest()[:16]
+                           for a in after}}
+        self.stamps[name] = stamp
         folder, path = self.folder(name), self.folder(name) / "stamp.json"
         if not self.rebuild and path.exists() and json.loads(path.read_text())["stamp"] == stamp:
             return True
@@ -102,17 +104,18 @@ def log(message):
 def build(size, cache, rebuild=False, progress=True):
     """Every stage, cached; -> (base, flexip, baseline or None, facts for the report)."""
     from . import base as nano_base
+    from . import data
     from . import encoders as nano_encoders
     from . import world
     from .baseline import BASELINE_GATE
-    from .train import FLEXIP_GATE, nano_config, train_adapters
+    from .train import FLEXIP_GATE, nano_config, register_base_model, train_adapters
 
     stages = Stages(cache, rebuild)
     facts = {"size": dataclasses.asdict(size)}
-    folder = stages.folder("world")
-    if not stages.current("world", [size.views_per_subject, size.pairs_per_view], ["world"]):
-        log("world: rendering the training pictures")
-        world.write_training_data(folder, size.views_per_subject, size.pairs_per_view, progress=progress)
+    folder = stages.folder("data")
+    if not stages.current("data", [size.views_per_subject, size.pairs_per_view], ["world", "data"]):
+        log("data: rendering the training pictures")
+        data.write_training_data(folder, size.views_per_subject, size.pairs_per_view, progress=progress)
         stages.done()
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
 
@@ -122,10 +125,10 @@ def build(size, cache, rebuild=False, progress=True):
         nano_encoders.save_encoders(trained, path)
         stages.done()
     encoders = nano_encoders.load_encoders(path)
-    _, held_out = world.split()
-    facts["encoder_retrieval"] = nano_encoders.identity_retrieval(encoders, held_out)
-    log(f"encoders: nearest-neighbour identity of held-out subjects across scenes "
-        f"{facts['encoder_retrieval']:.0%} (chance {1 / len(held_out):.0%})")
+    facts["encoder_knowledge"] = nano_encoders.attribute_knowledge(encoders)
+    for name, known in facts["encoder_knowledge"].items():
+        log(f"encoders: {name} stand-in, nearest-neighbour attribute accuracy (held-out subjects): "
+            + ", ".join(f"{a} {v:.0%}" for a, v in known.items()))
 
     path = stages.folder("base") / "base.safetensors"
     if not stages.current("base", [size.base_steps, size.base_batch], ["world", "base"]):
@@ -134,6 +137,7 @@ def build(size, cache, rebuild=False, progress=True):
         stages.done()
     patcher, text = nano_base.load_base(path)
     config = nano_config(patcher.model.diffusion_model)
+    register_base_model(config)
     base = nano_base.nano_base(patcher, text, encoders, config)
 
     from flexip_core.weights import load_flexip, read_flexip_header
@@ -143,7 +147,7 @@ def build(size, cache, rebuild=False, progress=True):
         runs.append(("baseline", BASELINE_GATE, ["train", "baseline"]))
     for name, gate, modules in runs:
         folder = stages.folder(name)
-        if not stages.current(name, [dataclasses.asdict(size.adapters), gate], modules):
+        if not stages.current(name, [dataclasses.asdict(size.adapters), gate], modules, ["data", "encoders", "base"]):
             log(f"{name}: training with flexip_train's Trainer")
             train_adapters(base, config, manifests, folder, size.adapters, gate, export_name=name)
             stages.done()
@@ -163,7 +167,8 @@ def evaluate(size, base, flexip, baseline, stages, facts, progress=True):
     path = stages.folder("evaluation") / "results.npz"
     settings = [size.eval_subjects, size.cases_per_subject, list(size.seeds), list(size.gammas),
                 dataclasses.asdict(size.sampling)]
-    if not stages.current("evaluation", settings, ["world", "evaluate", "baseline"]):
+    after = ["base", "encoders", "flexip"] + (["baseline"] if baseline is not None else [])
+    if not stages.current("evaluation", settings, ["world", "evaluate", "baseline"], after):
         methods = [flexip_method(flexip, size.gammas)]
         if baseline is not None:
             methods.append(baseline_method(baseline, size.gammas))
@@ -203,7 +208,7 @@ def main(argv=None):
     cases, results = evaluate(size, base, flexip, baseline, stages, facts, progress)
     facts["wall_time"] = time.time() - start
     facts["stage_seconds"] = {name: stages.seconds(name) for name in
-                              ("world", "encoders", "base", "flexip", "baseline", "evaluation")
+                              ("data", "encoders", "base", "flexip", "baseline", "evaluation")
                               if (stages.folder(name) / "stamp.json").exists()}
     summary = report.write_report(report_dir, size, cases, results, facts, cache)
     log(f"report: {report_dir / 'report.md'}")

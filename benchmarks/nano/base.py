@@ -3,12 +3,14 @@ trained on the world's captioned pictures, then frozen behind flexip_train's Fro
 
 - "Latents": a 32 x 32 picture as 12 channels at 16 x 16 (pixel unshuffle of pixels * 2 - 1), a
   lossless, fixed stand-in for SD's VAE (factor 2 instead of 8) that makes the UNet 4x cheaper.
-- UNet: SD1.5's class and model sampling (epsilon, SD1.5's 1000-step schedule) with
-  model_channels 32, channel_mult (1, 2, 2), one res block per level, cross-attention at the two
+- UNet: SD1.5's class and noise schedule (1000 steps), with v-prediction (as SD2's 768-v models:
+  an epsilon model this small and this briefly trained leaves its samples full of noise, its
+  x0 error at high noise being the epsilon error times sigma), model_channels 32,
+  channel_mult (1, 2, 2), one res block per level, cross-attention at the two
   lower levels and the middle (7 layers, keyed as ComfyUI keys attn2 patches) and no
   self-attention (convolutions see a 16 x 16 grid whole; the speed-up is about 3x on a CPU).
 - Text: word tokens of the world's vocabulary, 16 positions, a 2-layer transformer, 64-d.
-Trained with the epsilon loss of flexip_core.training on freshly rendered training subjects.
+Trained with flexip_core.training's loss (v-prediction's) on freshly rendered training subjects.
 """
 import copy
 import math
@@ -32,7 +34,7 @@ TEXT_DIM = 64
 UNSHUFFLE = 2
 UNET = dict(image_size=world.SIZE // UNSHUFFLE, in_channels=3 * UNSHUFFLE ** 2, out_channels=3 * UNSHUFFLE ** 2,
             model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2), use_spatial_transformer=True,
-            transformer_depth=[0, 1, 1], transformer_depth_output=[1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+            transformer_depth=[1, 1, 1], transformer_depth_output=[1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
             context_dim=TEXT_DIM, use_linear_in_transformer=True, adm_in_channels=None,
             use_temporal_attention=False, use_temporal_resblock=False, legacy=False,
             disable_self_attentions=[True] * 3, disable_middle_self_attn=True)
@@ -98,15 +100,20 @@ def unet_model():
     """ComfyUI's SD1.5 BaseModel (UNetModel, epsilon sampling) at the miniature's sizes."""
     comfy = import_comfy()
     import comfy.latent_formats
+    import comfy.model_base
 
     class UnshuffledPixels(comfy.latent_formats.LatentFormat):
         latent_channels = 3 * UNSHUFFLE ** 2  # scale_factor 1: the sampler sees to_latents' values
 
     class NanoSD15(comfy.supported_models.SD15):
         latent_format = UnshuffledPixels
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}  # SD1.5's 8 heads would be 4 wide here
 
         def inpaint_model(self):  # ComfyUI takes any UNet with more than 4 input channels for an inpainting one
             return False
+
+        def model_type(self, state_dict, prefix=""):  # v-prediction, as SD2 768-v: see the module docstring
+            return comfy.model_base.ModelType.V_PREDICTION
 
     model = NanoSD15(dict(UNET)).get_model({})
     initialise(model.diffusion_model)
@@ -167,7 +174,7 @@ def train_base(steps, batch, seed=0, lr=1e-3, uncond=0.1, ema=0.999, progress=Tr
         sigma = sigmas[torch.randint(0, len(sigmas), (batch,))]
         noisy = model.model_sampling.noise_scaling(sigma, torch.randn_like(x0), x0)
         x0_pred = model.apply_model(noisy, sigma, c_crossattn=text(captions))
-        loss = epsilon_loss(x0_pred, x0, sigma)
+        loss = epsilon_loss(x0_pred, x0, sigma, v_prediction=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -27,6 +27,7 @@ from . import world
 from .base import UNET, to_pixels
 
 SAMPLER, SCHEDULER = "euler", "normal"
+SCORES = ("identity", "prompt", "subject_attributes", "prompt_attributes", "reference_attributes")
 
 
 @dataclass(frozen=True)
@@ -65,24 +66,29 @@ class Decoder:
 
 
 def attribute_agreement(kind, decoded, true):
-    """[N]: the fraction of attributes (of subjects or scenes) on which decoded and true ids agree."""
+    """[N, attributes]: 1 where the decoded and the true id (of subjects or scenes) share the attribute."""
     table = world.attribute_table(kind)
-    return (table[torch.as_tensor(decoded)] == table[torch.as_tensor(true)]).float().mean(1)
+    return (table[torch.as_tensor(decoded)] == table[torch.as_tensor(true)]).float()
 
 
 def identity_score(decoded_subjects, subjects):
-    return attribute_agreement("subject", decoded_subjects, subjects)
+    return attribute_agreement("subject", decoded_subjects, subjects).mean(1)
 
 
 def prompt_score(decoded_scenes, prompt_scenes):
-    return attribute_agreement("scene", decoded_scenes, prompt_scenes)
+    return attribute_agreement("scene", decoded_scenes, prompt_scenes).mean(1)
 
 
 def score(decoder, pictures, cases):
-    """{"identity": [N], "prompt": [N]} for pictures generated for cases."""
+    """For pictures generated for cases: "identity" and "prompt" [N], and per attribute [N, k]:
+    "subject_attributes" (world.SUBJECT_ATTRIBUTES kept), "prompt_attributes" (the prompt's scene
+    attributes shown) and "reference_attributes" (the reference's scene attributes shown: copied)."""
     subjects, scenes = decoder(pictures)
-    return {"identity": identity_score(subjects, [c.subject for c in cases]),
-            "prompt": prompt_score(scenes, [c.prompt_scene for c in cases])}
+    kept = attribute_agreement("subject", subjects, [c.subject for c in cases])
+    shown = attribute_agreement("scene", scenes, [c.prompt_scene for c in cases])
+    return {"identity": kept.mean(1), "prompt": shown.mean(1), "subject_attributes": kept,
+            "prompt_attributes": shown,
+            "reference_attributes": attribute_agreement("scene", scenes, [c.reference_scene for c in cases])}
 
 
 # --- Conditioning and patches ------------------------------------------------------------------
@@ -162,9 +168,9 @@ def flexip_method(flexip, values):
 
 
 def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
-    """{method name: {"values": [...], "identity": [seeds, values, cases], "prompt": ...,
-    "pictures": [seeds, values, cases, 32, 32, 3] (uint8)}}; the base model alone is
-    {"base": {... with one value}}."""
+    """{method name: {"values": [...], "identity": [seeds, values, cases], "prompt": ..., the
+    per-attribute scores [seeds, values, cases, attributes] (see score), "pictures": [seeds, values,
+    cases, 32, 32, 3] (uint8)}}; the base model alone is {"base": {... with one value}}."""
     renderer = world.Renderer()
     decoder = Decoder(renderer)
     reference_size = 2 * base.config.clip.resolution
@@ -179,10 +185,10 @@ def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
     results = {}
     for name, method, values in runs:
         tokens = adapter_tokens(method.flexip, base, references, prompts) if method else None
-        out = {"values": list(values) if method else [], "identity": [], "prompt": [], "pictures": []}
+        out = {"values": list(values) if method else [], "pictures": [], **{k: [] for k in SCORES}}
         for seed in seeds:
             noise = sweep_noise(cases, seed, (UNET["in_channels"], *shape))
-            rows = {"identity": [], "prompt": [], "pictures": []}
+            rows = {"pictures": [], **{k: [] for k in SCORES}}
             for value in values:
                 if method is None:
                     model = base.model
@@ -191,8 +197,8 @@ def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
                     model = patched_model(base.model, method.flexip, *tokens, gamma, strength)
                 pictures = sample(model, text, empty, noise, sampling)
                 scores = score(decoder, pictures, cases)
-                rows["identity"].append(scores["identity"])
-                rows["prompt"].append(scores["prompt"])
+                for key in SCORES:
+                    rows[key].append(scores[key])
                 rows["pictures"].append((pictures * 255).round().to(torch.uint8))
                 bar.update(1)
                 bar.set_postfix(method=name, identity=f"{scores['identity'].mean():.2f}",

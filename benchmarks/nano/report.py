@@ -32,7 +32,8 @@ def summarize(results):
     out = {"base": {"identity": float(results["base"]["identity"].mean()),
                     "prompt": float(results["base"]["prompt"].mean()),
                     "identity_per_seed": results["base"]["identity"].mean(axis=(1, 2)).tolist(),
-                    "prompt_per_seed": results["base"]["prompt"].mean(axis=(1, 2)).tolist()}}
+                    "prompt_per_seed": results["base"]["prompt"].mean(axis=(1, 2)).tolist(),
+                    "attributes": _attributes(results["base"])}}
     for method in (FLEXIP, BASELINE):
         if method not in results:
             continue
@@ -42,8 +43,20 @@ def summarize(results):
         per_seed = [_smoothness(values, i, p) for i, p in zip(identity, prompt)]
         out[method] = {"values": values, "identity": identity.mean(0).tolist(), "prompt": prompt.mean(0).tolist(),
                        "identity_per_seed": identity.tolist(), "prompt_per_seed": prompt.tolist(),
-                       "per_seed": per_seed, "mean_curve": _smoothness(values, identity.mean(0), prompt.mean(0))}
+                       "per_seed": per_seed, "mean_curve": _smoothness(values, identity.mean(0), prompt.mean(0)),
+                       "attributes": _attributes(r)}
     return out
+
+
+ATTRIBUTE_SCORES = {"subject_attributes": ("kept", world.SUBJECT_ATTRIBUTES),
+                    "prompt_attributes": ("as prompted", world.SCENE_ATTRIBUTES),
+                    "reference_attributes": ("as in the reference", world.SCENE_ATTRIBUTES)}
+
+
+def _attributes(r):
+    """{score: {attribute: [mean over seeds and cases, per control value]}}."""
+    return {score: {a: r[score][..., i].mean(axis=(0, 2)).tolist() for i, a in enumerate(names)}
+            for score, (_, names) in ATTRIBUTE_SCORES.items()}
 
 
 def _smoothness(values, identity, prompt):
@@ -136,6 +149,26 @@ def plot_front(summary, path):
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("identity against prompt: the front of each control")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_attributes(summary, path):
+    """Each attribute along each sweep: the subject's kept, the scene as prompted, the scene copied."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (score, (what, names)) in zip(axes, ATTRIBUTE_SCORES.items()):
+        for k, name in enumerate(names):
+            for method, style in ((FLEXIP, "-"), (BASELINE, "--")):
+                if method in summary:
+                    ax.plot(summary[method]["values"], summary[method]["attributes"][score][name], style, marker="o",
+                            color=f"C{k}", label=f"{name} ({method})")
+            ax.axhline(summary["base"]["attributes"][score][name][0], color=f"C{k}", linestyle=":", linewidth=0.8)
+        ax.set_title(f"{'subject' if score == 'subject_attributes' else 'scene'} attributes {what}")
+        ax.set_xlabel("control (dotted: base model alone)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -238,6 +271,7 @@ def write_report(folder, size, cases, results, facts, cache):
     plot_controls(summary, folder / "controls.png")
     plot_front(summary, folder / "front.png")
     plot_smoothness(summary, folder / "smoothness.png")
+    plot_attributes(summary, folder / "attributes.png")
     contact_sheet(results, cases, folder / "contact_sheet.png")
     gamma_sweep_sheet(results, cases, folder / "gamma_sweep.png")
     for name in ("flexip", "baseline"):
@@ -289,6 +323,18 @@ def markdown(summary, size, cases, facts, seconds, minutes):
                   "| prompt | " + " | ".join(_f(v) for v in m["prompt"]) + " |", ""]
     base = summary["base"]
     lines += [f"**Base model alone**: identity {_f(base['identity'])}, prompt {_f(base['prompt'])}.", ""]
+    lines += ["Per attribute (fraction of pictures; the subject's attributes kept, the scene's as the prompt "
+              "asks and as the reference shows):", "",
+              "| method | score | attribute | " + " | ".join(f"{v:g}" for v in summary[FLEXIP]["values"]) + " |",
+              "|---" * (3 + len(summary[FLEXIP]["values"])) + "|"]
+    for method in ("base", FLEXIP, BASELINE):
+        if method not in summary:
+            continue
+        for score, (what, names) in ATTRIBUTE_SCORES.items():
+            for name in names:
+                curve = summary[method]["attributes"][score][name]
+                lines.append(f"| {method} | {what} | {name} | " + " | ".join(_f(v, 2) for v in curve) + " |")
+    lines.append("")
     lines += ["## Smoothness (flexip_core.smoothness)", "",
               "| method | curve | Spearman identity | Spearman prompt | largest/mean jump identity | "
               "largest/mean jump prompt | front area |", "|---|---|---|---|---|---|---|"]
@@ -305,12 +351,22 @@ def markdown(summary, size, cases, facts, seconds, minutes):
                   "minus Spearman of prompt and minus the identity jump (1 = best): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in summary["mrank"].items()) + "."]
     lines += ["", "## Plots", "", "![scores against the control](controls.png)", "", "![front](front.png)", "",
-              "![smoothness](smoothness.png)", "", "![contact sheet](contact_sheet.png)", ""]
+              "![smoothness](smoothness.png)", "",
+              "![attributes](attributes.png)", "", "![contact sheet](contact_sheet.png)", ""]
     for name in ("flexip", "baseline"):
         lines.append(f"![{name} training](training_{name}.png)")
-    lines += ["", "## Build", "",
-              f"- Stand-in encoders: nearest-neighbour identity of held-out subjects across scenes "
-              f"{facts['encoder_retrieval']:.0%} (chance {1 / world.HELD_OUT:.0%}).",
+    lines += ["", "## Build", "", "What the stand-in encoders know: each held-out subject's picture (random scene) matched to its "
+              "nearest neighbour among training pictures; the fraction of neighbours that share each attribute "
+              "(chance: 1 over the number of values).", "",
+              "| encoder | " + " | ".join(world.SUBJECT_ATTRIBUTES + world.SCENE_ATTRIBUTES) + " |",
+              "|---" * (1 + len(world.SUBJECT_ATTRIBUTES + world.SCENE_ATTRIBUTES)) + "|"]
+    for name, label in (("clip", "CLIP stand-in (image-caption contrastive, global vector)"),
+                        ("dino", "DINOv2 stand-in (self-supervised, patch tokens)")):
+        known = facts["encoder_knowledge"][name]
+        lines.append(f"| {label} | " + " | ".join(f"{known[a]:.0%}" for a in world.SUBJECT_ATTRIBUTES
+                                                  + world.SCENE_ATTRIBUTES) + " |")
+    lines += ["| chance | " + " | ".join(f"{1 / len(world.VALUES[a]):.0%}" for a in world.SUBJECT_ATTRIBUTES
+                                          + world.SCENE_ATTRIBUTES) + " |", "",
               f"- Settings: {json.dumps(facts['size'])}"]
     for name in ("flexip", "baseline"):
         training = facts.get(f"{name}_training")

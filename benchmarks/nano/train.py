@@ -8,7 +8,7 @@ the exported weight file. The baseline (baseline.py) is trained by the same call
 """
 import dataclasses
 
-from flexip_core.config import IMAGENET_MEAN, IMAGENET_STD, TINY, EncoderSpec
+from flexip_core.config import CONFIGS, IMAGENET_MEAN, IMAGENET_STD, TINY, EncoderSpec
 from flexip_core.patch import cross_attentions
 
 from . import encoders, world
@@ -25,6 +25,7 @@ class Budget:
 
 
 def nano_config(diffusion_model):
+    """FlexIP's configuration for the nano UNet: TINY's structure at the miniature's widths."""
     layers = sorted((key, attn.to_k.out_features) for key, attn in cross_attentions(diffusion_model).items())
     return dataclasses.replace(
         TINY, name="nano", width=64, depth=2, heads=4, ff_mult=2, num_latent_queries=8, num_clip_tokens=4,
@@ -32,6 +33,16 @@ def nano_config(diffusion_model):
         clip=EncoderSpec("image_embeds", encoders.DIM, world.SIZE),
         dino=EncoderSpec("patch_tokens", encoders.DIM, world.SIZE, IMAGENET_MEAN, IMAGENET_STD),
         layers=tuple(layers))
+
+
+def register_base_model(config):
+    """Make `config` a known base model of this process, so that the pack's own weight loader
+    (flexip_core.weights.load_flexip) accepts the files the Trainer exports for it: the loader
+    refuses base models missing from flexip_core.config.CONFIGS. Only the benchmark's process
+    does this (tests do not, so the pack's list stays as shipped for theirs)."""
+    known = CONFIGS.setdefault(config.name, config)
+    if known != config:
+        raise ValueError(f"benchmarks.nano: flexip_core.config.CONFIGS already holds another '{config.name}' config")
 
 
 # FlexIP's gate as the paper starts it: alpha (image samples) and beta (1 - gamma of variant samples)

@@ -11,10 +11,8 @@ The renderer is a pure function of (subject, scene) (anti-aliased by 4 x 4 super
 the evaluator can render every picture the world has and decode a generated one exactly.
 Pictures use ComfyUI's IMAGE layout: float [N, 32, 32, 3] in [0, 1].
 """
-import hashlib
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,53 +188,9 @@ def prompt(subject, scene):
 VOCABULARY = ("<pad>", "a", "at", "the", "on", *SHAPES, *COLOURS, *POSITIONS, *SIZES, *BACKGROUNDS)
 
 
-def names_colour(subject_id, scene_id):
-    """Whether a training picture's caption names the body colour: half of them, fixed per picture,
-    so adapters learn to carry the colour when the prompt does not say it."""
-    digest = hashlib.sha256(f"{subject_id}/{scene_id}".encode()).digest()
-    return digest[0] % 2 == 0
-
-
-# --- The training data on disk -----------------------------------------------------------------
-
 def save_png(picture, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((picture.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(path)
-
-
-def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progress=True):
-    """Every training subject in `views_per_subject` distinct random scenes, as PNGs with caption
-    sidecars (folder/views/<subject>/<k>.png, <k>.txt), and two manifests over them: every picture
-    as an image sample (reference = target), and every pair of views of one subject as a
-    multi-view ("video"-like, variant) sample. -> [images.jsonl, multiview.jsonl]."""
-    from tqdm import tqdm
-
-    from flexip_train.builders import images_manifest, multiview_manifest
-    from flexip_train.manifest import summarize, write_manifest
-
-    folder = Path(folder)
-    views = folder / "views"
-    renderer = Renderer()
-    rng = np.random.default_rng(seed)
-    train, _ = split()
-    for subject_id in tqdm(train, desc="world: training pictures", unit="subject", disable=not progress):
-        scenes = rng.choice(NUM_SCENES, views_per_subject, replace=False)
-        pictures = renderer.render([subject_id] * len(scenes), scenes)
-        subject = Subject.from_id(subject_id)
-        for k, (scene_id, picture) in enumerate(zip(scenes, pictures)):
-            path = views / f"{subject_id:03d}" / f"{k}.png"
-            save_png(picture, path)
-            text = caption(subject, Scene.from_id(scene_id), names_colour(subject_id, int(scene_id)))
-            path.with_suffix(".txt").write_text(text)
-    manifests = []
-    for name, build in (("images", images_manifest),
-                        ("multiview", lambda f, progress: multiview_manifest(f, pairs_per_view, progress))):
-        samples, problems = build(views, progress=progress)
-        if problems:
-            raise RuntimeError(f"nano world: the written pictures did not load:\n{summarize(samples, problems)}")
-        manifests.append(folder / f"{name}.jsonl")
-        write_manifest(samples, manifests[-1])
-    return manifests
 
 
 @dataclass(frozen=True)

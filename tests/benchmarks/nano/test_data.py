@@ -1,0 +1,49 @@
+"""The adapters' training data on disk (benchmarks/nano/data.py): captions and manifests."""
+import numpy as np
+
+from benchmarks.nano import data, world
+
+HIDDEN = set(world.PATTERNS) | set(world.MARKS)
+
+
+def test_image_captions_leave_out_half_of_each_scene_attribute_and_never_name_the_pattern():
+    pairs = [(s, c) for s in range(0, world.NUM_SUBJECTS, 3) for c in range(world.NUM_SCENES)]
+    named = {"colour": [], "background": [], "position": [], "size": []}
+    for subject_id, scene_id in pairs:
+        subject, scene = world.Subject.from_id(subject_id), world.Scene.from_id(scene_id)
+        words = data.image_caption(subject_id, scene_id).split()
+        assert subject.shape in words and not HIDDEN & set(words) and set(words) <= set(world.VOCABULARY)
+        for attribute, value in (("colour", subject.colour), ("background", scene.background),
+                                 ("position", scene.position), ("size", scene.size)):
+            named[attribute].append(value in words)
+        assert data.image_caption(subject_id, scene_id) == " ".join(words)  # fixed per picture
+    for attribute, flags in named.items():
+        assert 0.45 < np.mean(flags) < 0.55, attribute
+    assert np.corrcoef(named["background"], named["position"])[0, 1] < 0.1  # independent coins
+
+
+def test_view_captions_name_the_whole_scene():
+    for subject_id, scene_id in ((0, 0), (17, 35), (200, 11), (383, 20)):
+        subject, scene = world.Subject.from_id(subject_id), world.Scene.from_id(scene_id)
+        text = data.view_caption(subject_id, scene_id)
+        assert text == world.caption(subject, scene, data.names_colour(subject_id, scene_id))
+        assert {scene.background, scene.position, scene.size, subject.shape} <= set(text.split())
+
+
+def test_training_data_holds_out_the_evaluation_subjects(tmp_path):
+    from flexip_train.manifest import read_manifest
+    images, multiview = data.write_training_data(tmp_path, views_per_subject=2, pairs_per_view=1, progress=False)
+    train, held = world.split()
+    image_samples, problems = read_manifest(images)
+    assert not problems and len(image_samples) == 2 * len(train)
+    view_samples, problems = read_manifest(multiview)
+    assert not problems and len(view_samples) == 2 * len(train)
+    subjects = {int(s.target.split("/")[-2]) for s in image_samples + view_samples}
+    assert subjects == set(train) and not subjects & set(held)
+    for sample in image_samples:
+        assert sample.modality == "image" and sample.references == (sample.target,)
+    for sample in view_samples:
+        reference, target = sample.references[0], sample.target
+        assert sample.modality == "multiview" and reference != target
+        assert reference.split("/")[-2] == target.split("/")[-2]  # one subject's two views
+        assert sample.caption == (tmp_path / "views" / target.split("/views/")[1]).with_suffix(".txt").read_text()
