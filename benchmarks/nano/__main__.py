@@ -106,7 +106,6 @@ def build(size, cache, rebuild=False, progress=True):
     from . import base as nano_base
     from . import data
     from . import encoders as nano_encoders
-    from . import world
     from .baseline import BASELINE_GATE
     from .train import FLEXIP_GATE, nano_config, register_base_model, train_adapters
 

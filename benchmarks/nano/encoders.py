@@ -11,7 +11,7 @@ original learns: CLIP from images and their captions, DINOv2 from images alone.
   scene-invariant (InfoNCE between two pictures of one subject in different scenes). So it
   carries the subject's every detail, named or not.
 A random network is too weak an encoder (design note: 35-37 % nearest-neighbour identity under a
-scene change), hence the training; `identity_retrieval` measures each for the report.
+scene change), hence the training; `attribute_knowledge` measures what each learned, for the report.
 """
 import numpy as np
 import torch

@@ -69,9 +69,9 @@ def targets(summary, minutes):
     flexip, base = summary[FLEXIP], summary["base"]
     seeds = flexip["per_seed"]
     rows = {
-        "spearman_identity": (f"Spearman(gamma, identity) >= 0.9 on every seed",
+        "spearman_identity": ("Spearman(gamma, identity) >= 0.9 on every seed",
                               [s["rho_identity"] for s in seeds], all(s["rho_identity"] >= 0.9 for s in seeds)),
-        "spearman_prompt": (f"Spearman(gamma, prompt) <= -0.9 on every seed",
+        "spearman_prompt": ("Spearman(gamma, prompt) <= -0.9 on every seed",
                             [s["rho_prompt"] for s in seeds], all(s["rho_prompt"] <= -0.9 for s in seeds)),
         "identity_jump": ("largest / mean neighbour jump of identity <= 2 on every seed",
                           [s["jump_identity"] for s in seeds], all(s["jump_identity"] <= 2 for s in seeds)),

@@ -1,7 +1,6 @@
 """The miniature's world (benchmarks/nano/world.py): ids, the held-out split, rendering, words."""
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.nano import world
 
