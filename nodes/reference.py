@@ -84,6 +84,7 @@ class ReferenceEncoder:
             },
         }
 
+    @torch.no_grad()  # outside ComfyUI's executor (scripts, training's validation) too
     def encode(self, flexip, image, clip_vision, dino, crop, combine, mask=None):
         config = flexip.config
         if image.shape[0] == 0:
