@@ -36,8 +36,7 @@ def picture(seed, size=(80, 72)):
 def write_data(folder):
     """Two image subjects and one object seen from two sides, with captions, and their manifests
     (built by the manifest builders): ([images.jsonl, multiview.jsonl], a reference picture)."""
-    from flexip_train.builders import images_manifest, multiview_manifest
-    from flexip_train.manifest import write_manifest
+    from tiny_run import write_manifests
     folder = Path(folder)
     for i, caption in enumerate(("a photo of a red toy", "a photo of a blue cup")):
         path = folder / "images" / f"subject{i}.png"
@@ -49,13 +48,7 @@ def write_data(folder):
         path.parent.mkdir(parents=True, exist_ok=True)
         picture(10 + v, (64, 64)).save(path)
     (folder / "multiview" / "object0" / "caption.txt").write_text("a green box turned around")
-    manifests = []
-    for name, build in (("images", images_manifest), ("multiview", multiview_manifest)):
-        samples, problems = build(folder / name, progress=False)
-        assert samples and not problems, problems
-        manifests.append(folder / f"{name}.jsonl")
-        write_manifest(samples, manifests[-1])
-    return manifests, folder / "images" / "subject0.png"
+    return write_manifests(folder), folder / "images" / "subject0.png"
 
 
 def run_config(run_dir, model_files, manifests, **sections):

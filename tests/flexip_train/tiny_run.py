@@ -17,8 +17,6 @@ from tiny_base import make_tiny_base  # noqa: E402
 def write_data(folder, images=8, objects=4):
     """A folder of image samples (blocky colour pictures, each its own subject) and of two-view
     objects, with captions, and their manifests: [images.jsonl, multiview.jsonl]."""
-    from flexip_train.builders import images_manifest, multiview_manifest
-    from flexip_train.manifest import write_manifest
     folder = Path(folder)
     rng = np.random.default_rng(0)
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -37,6 +35,13 @@ def write_data(folder, images=8, objects=4):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((np.kron(view, np.ones((16, 16, 1))) * 255).astype(np.uint8)).save(path)
         (folder / "multiview" / f"object{o}" / "caption.txt").write_text(f"a {colours[o]} object turned around")
+    return write_manifests(folder)
+
+
+def write_manifests(folder):
+    """The manifests of folder/images and folder/multiview, built by the builders: [images.jsonl, multiview.jsonl]."""
+    from flexip_train.builders import images_manifest, multiview_manifest
+    from flexip_train.manifest import write_manifest
     manifests = []
     for name, build in (("images", images_manifest), ("multiview", multiview_manifest)):
         samples, problems = build(folder / name, progress=False)
