@@ -122,6 +122,14 @@ class GatedAttention:
                 self.terms[layout] = terms
         return inject(q, base, terms, heads, attention)
 
+    def around(self, other):
+        """A copy of this patch that runs `other` (the patch ComfyUI would call on this layer without
+        FlexIP, found at call time) in place of the layer's own attention; through the innermost FlexIP
+        patch when FlexIP was applied more than once. Copies share the K/V and their cache."""
+        wrapping = copy.copy(self)
+        wrapping.wrapped = self.wrapped.around(other) if isinstance(self.wrapped, GatedAttention) else other
+        return wrapping
+
     def per_row(self, gamma, chunks, batch):
         """A tensor gamma [rows] repeated over the chunks, as weighted_branches takes it: [batch]."""
         if not torch.is_tensor(gamma):
@@ -130,6 +138,30 @@ class GatedAttention:
         if gamma.shape[0] != rows:
             raise self.batch_error(gamma.shape[0], rows)
         return gamma if len(chunks) == 1 else gamma.repeat(len(chunks))
+
+
+def stack_patches(attn2_table, flexip_patches):
+    """ComfyUI's attn2 patch table for one UNet call, with every FlexIP patch running the other pack's
+    patch on its layer, whichever order the graph applied them in.
+
+    flexip_patches: {(block, index, transformer_index): the latest FlexIP patch on that layer}. For
+    each layer ComfyUI calls the three-part key's patch if there is one, else the two-part key's
+    (block, index). So another pack's two-part patch is shadowed by FlexIP's key whether it came
+    first or last, and another pack's three-part patch applied after FlexIP replaces FlexIP's.
+    """
+    stacked = dict(attn2_table)
+    for key, flexip in flexip_patches.items():
+        current = attn2_table.get(key)
+        if isinstance(current, GatedAttention):
+            innermost = current
+            while isinstance(innermost.wrapped, GatedAttention):
+                innermost = innermost.wrapped
+            shadowed = attn2_table.get(key[:2])
+            if innermost.wrapped is None and shadowed is not None:
+                stacked[key] = current.around(shadowed)
+        elif current is not None:  # another pack's patch replaced FlexIP's
+            stacked[key] = flexip.around(current)
+    return stacked
 
 
 def gamma_count_error(gammas, rows):

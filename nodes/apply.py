@@ -5,8 +5,9 @@ import math
 import torch
 
 from comfy.ldm.modules.attention import optimized_attention
+from comfy.patcher_extension import WrappersMP
 
-from ..flexip_core.patch import GatedAttention, unet_mismatch
+from ..flexip_core.patch import GatedAttention, stack_patches, unet_mismatch
 from ..flexip_core.projections import layer_name
 from ..flexip_core.schedule import SigmaFractions, SigmaSchedule
 from .errors import FlexIPInputError
@@ -14,6 +15,9 @@ from .schedule import sweep_batch_error
 
 NODE = "GatedApply"
 log = logging.getLogger("comfyui-flexip")
+# transformer_options entry: {layer key: the latest FlexIP patch}, for stack_with_other_packs.
+FLEXIP_PATCHES = "flexip_attn2"
+WRAPPER_KEY = "comfyui-flexip"
 
 
 def check_base_model(model, config):
@@ -29,6 +33,16 @@ def log_call(key, chunks, gamma):
     if log.isEnabledFor(logging.DEBUG):
         log.debug("FlexIP attn2 %s chunks %s gamma %r", layer_name(key), list(chunks),
                   gamma.tolist() if torch.is_tensor(gamma) else gamma)
+
+
+def stack_with_other_packs(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """The UNet's DIFFUSION_MODEL wrapper: at each call FlexIP's patches run the other packs' attn2
+    patches on their layers, whichever order the graph applied FlexIP and those packs in."""
+    replace = transformer_options.get("patches_replace", {})
+    if FLEXIP_PATCHES in transformer_options and "attn2" in replace:
+        attn2 = stack_patches(replace["attn2"], transformer_options[FLEXIP_PATCHES])
+        transformer_options = {**transformer_options, "patches_replace": {**replace, "attn2": attn2}}
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 class GatedApply:
@@ -93,12 +107,18 @@ class GatedApply:
         if schedule is not None:  # one for all layers: the sigma table is built once
             schedule = SigmaSchedule(schedule, SigmaFractions(sampling.percent_to_sigma))
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        flexip_patches = dict(patched.model_options.get("transformer_options", {}).get(FLEXIP_PATCHES, {}))
         for key in flexip.projections.keys:
             kv_p, kv_s = {}, {}
             for kind in preservation:
                 (kv_p[kind], kv_s[kind]) = flexip.projections[key](preservation[kind], personalization[kind])
             wrapped = existing.get(key) or existing.get(key[:2])  # another pack's patch on this layer
-            patched.set_model_attn2_replace(
-                GatedAttention(key, kv_p, kv_s, gamma, strength, optimized_attention, sigma_window, wrapped,
-                               on_call=log_call, schedule=schedule, batch_error=sweep_batch_error), *key)
+            flexip_patches[key] = GatedAttention(key, kv_p, kv_s, gamma, strength, optimized_attention, sigma_window,
+                                                 wrapped, on_call=log_call, schedule=schedule,
+                                                 batch_error=sweep_batch_error)
+            patched.set_model_attn2_replace(flexip_patches[key], *key)
+        # Another pack's patch applied later (or under a key FlexIP's shadows) is found at call time.
+        patched.model_options["transformer_options"][FLEXIP_PATCHES] = flexip_patches
+        if not patched.get_wrappers(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY):
+            patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, stack_with_other_packs)
         return (patched,)

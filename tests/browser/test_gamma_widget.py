@@ -21,7 +21,8 @@ EXTENSION = "comfyui-flexip.GammaWidget"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TEMPLATES = ["flexip_basic", "flexip_gamma_sweep", "flexip_save_subject", "flexip_load_subject", "flexip_style_transfer"]
+TEMPLATES = ["flexip_basic", "flexip_gamma_sweep", "flexip_gamma_schedule", "flexip_gamma_sweep_batch",
+             "flexip_save_subject", "flexip_load_subject", "flexip_style_transfer"]
 DEBOUNCE_S = 0.4  # js/flexip_gamma.js DEBOUNCE_MS
 GATED = 11  # the FlexIPGatedApply node of flexip_basic
 

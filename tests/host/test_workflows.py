@@ -11,8 +11,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
-FLEXIP_NODES = ("FlexIPLoader", "FlexIPReferenceEncoder", "FlexIPPreservationAdapter",
-                "FlexIPPersonalizationAdapter", "FlexIPGatedApply")
+FLEXIP_NODES = ("FlexIPLoader", "FlexIPReferenceEncoder", "FlexIPSaveSubject", "FlexIPLoadSubject",
+                "FlexIPPreservationAdapter", "FlexIPPersonalizationAdapter", "FlexIPGatedApply",
+                "FlexIPGammaSchedule", "FlexIPGammaSweep")
 SD15_LAYERS = ["input_1_0", "input_2_0", "input_4_0", "input_5_0", "input_7_0", "input_8_0", "middle_0_0"] + [
     f"output_{i}_0" for i in range(3, 12)]
 

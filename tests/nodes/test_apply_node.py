@@ -41,8 +41,9 @@ def unet_call(model, cond_or_uncond=(0, 1), sigma=1.0):
     """One UNet forward as the sampler makes it: an 8 x 8 latent, one chunk per entry."""
     g = torch.Generator().manual_seed(1)
     n = len(cond_or_uncond)
+    # The sampler adds the ModelPatcher's wrappers to the transformer options (FlexIP's finds other packs' patches).
     options = dict(model.model_options["transformer_options"], cond_or_uncond=list(cond_or_uncond),
-                   sigmas=torch.full((n,), sigma))
+                   sigmas=torch.full((n,), sigma), wrappers=model.wrappers)
     with torch.no_grad():
         return model.model.apply_model(torch.randn(n, 4, 8, 8, generator=g), torch.full((n,), sigma),
                                        c_crossattn=torch.randn(n, 77, 768, generator=g), transformer_options=options)
@@ -105,6 +106,40 @@ def test_wraps_another_packs_patch(pack, sd15_model, flexip, tokens):
     options = {"n_heads": 8, "cond_or_uncond": [0, 1], "sigmas": torch.ones(2), "block": ("input", 1)}
     layer.strength = 0.0
     assert torch.allclose(layer(q, k, v, options), foreign(q, k, v, options))
+
+
+def with_foreign(model, foreign, three_part_keys=False):
+    other = model.clone()
+    for key, _ in SD15.layers:
+        other.set_model_attn2_replace(foreign, *(key if three_part_keys else ("middle", 1) if key[0] == "middle" else key[:2]))
+    return other
+
+
+@pytest.mark.parametrize("three_part_keys", [False, True])
+def test_wraps_another_packs_patch_applied_after_flexip(pack, sd15_model, flexip, tokens, three_part_keys):
+    """Applied after FlexIP, a two-part patch is shadowed by FlexIP's keys and a three-part one replaces
+    FlexIP's; at call time FlexIP runs it in place of the layer's attention, as when it came first."""
+    model, _ = sd15_model
+    foreign = ForeignPatch()
+    foreign.calls.clear()
+    unet_call(with_foreign(model, foreign, three_part_keys))
+    alone = len(foreign.calls)
+    assert alone == (16 if three_part_keys else 15)
+
+    foreign.calls.clear()
+    flexip_first = with_foreign(apply(pack, model, flexip, tokens, gamma=0.2), foreign, three_part_keys)
+    flexip_calls = []
+    flexip_first.model_options["transformer_options"]["flexip_attn2"][("input", 1, 0)].on_call = (
+        lambda key, chunks, gamma: flexip_calls.append(key))
+    after = unet_call(flexip_first)
+    assert len(foreign.calls) == alone, "the other pack's patch was shadowed or called twice"
+    assert flexip_calls == [("input", 1, 0)], "FlexIP's patch was replaced"
+    foreign.calls.clear()
+    before = unet_call(apply(pack, with_foreign(model, foreign, three_part_keys), flexip, tokens, gamma=0.2))
+    assert len(foreign.calls) == alone
+    assert torch.equal(after, before)
+    patch = attn2_patches(flexip_first)[("input", 1, 0)]
+    assert (patch is foreign) if three_part_keys else (patch.wrapped is None), "the call changed the model's patch table"
 
 
 # (start_at, end_at, [(percent of the sampling at which the layer is called, FlexIP acts there)])

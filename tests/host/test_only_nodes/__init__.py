@@ -1,6 +1,9 @@
-"""A node the test host loads beside the pack (never shipped): it makes an empty image batch,
-which no stock node can, so the tests can send one to ReferenceEncoder through the API."""
+"""Nodes the test host loads beside the pack (never shipped): an empty image batch, which no stock
+node can make, so the tests can send one to ReferenceEncoder through the API; and another pack's
+attn2 patch, for the stacking tests."""
 import torch
+
+from .attn2_patch import FlexIPTestAttn2Patch
 
 
 class FlexIPTestEmptyImageBatch:
@@ -16,4 +19,5 @@ class FlexIPTestEmptyImageBatch:
         return (torch.zeros(0, 64, 64, 3),)
 
 
-NODE_CLASS_MAPPINGS = {"FlexIPTestEmptyImageBatch": FlexIPTestEmptyImageBatch}
+NODE_CLASS_MAPPINGS = {"FlexIPTestEmptyImageBatch": FlexIPTestEmptyImageBatch,
+                       "FlexIPTestAttn2Patch": FlexIPTestAttn2Patch}
