@@ -6,11 +6,13 @@
   a zeroed [CLS]).
 - TrainingConditioner: reference features and prompt -> the per-layer K/V of both branches and the
   gate's per-sample gamma; GatedAttention patches (flexip_core.patch) carry them into the UNet.
-- The loss: epsilon-prediction MSE, computed from the host's denoised prediction.
+- The loss: epsilon-prediction MSE, computed from the host's denoised prediction, optionally
+  weighted toward the subject by a mask of the target (subject_loss_weight).
 """
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .injection import COND
@@ -65,16 +67,39 @@ def training_patches(kv, gamma, attention):
             for key, (kv_p, kv_s) in kv.items()}
 
 
-def epsilon_loss(x0_pred, x0, sigma, v_prediction=False):
+def subject_loss_weight(mask, grid, subject_weight):
+    """Per-pixel loss weights [B, 1, h, w] from target masks [B, H, W] in [0, 1] (1 = subject):
+    subject_weight on the subject, 1 elsewhere (a fractional mask value in between), on the latent
+    grid (h, w) by area averaging, and scaled to mean 1 per sample, so that every sample weighs as
+    much as unweighted and only where its loss comes from changes (an all-ones or all-zeros mask
+    gives all ones)."""
+    mask = mask.to(torch.promote_types(mask.dtype, torch.float32))
+    covered = F.interpolate(mask[:, None], size=tuple(grid), mode="area")
+    weight = 1 + (subject_weight - 1) * covered
+    return weight / weight.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def epsilon_loss(x0_pred, x0, sigma, v_prediction=False, weight=None):
     """MSE of the model's own output (epsilon, or v) from its denoised x0 prediction.
 
     With x = x0 + sigma * eps: eps_pred - eps = (x0 - x0_pred) / sigma, so the epsilon MSE is the x0
     error weighted by 1 / sigma^2 (v: (sigma^2 + 1) / sigma^2, ComfyUI's v-prediction with sigma_data 1).
+    weight: per-element weights of the squared error, broadcastable to x0 (subject_loss_weight's
+    [B, 1, h, w]); None: every element alike.
     """
     dtype = torch.promote_types(x0_pred.dtype, torch.float32)  # half precision is summed in float32
     sigma = sigma.to(dtype)
-    weight = sigma.pow(-2)
+    noise_weight = sigma.pow(-2)
     if v_prediction:
-        weight = weight * (sigma.pow(2) + 1)
-    err = (x0_pred.to(dtype) - x0.to(dtype)).pow(2).flatten(1).mean(1)
-    return (err * weight).mean()
+        noise_weight = noise_weight * (sigma.pow(2) + 1)
+    squared = (x0_pred.to(dtype) - x0.to(dtype)).pow(2)
+    if weight is not None:
+        try:
+            fits = torch.broadcast_shapes(weight.shape, squared.shape) == squared.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"epsilon_loss: weight {tuple(weight.shape)} does not broadcast to x0 {tuple(x0.shape)}")
+        squared = squared * weight.to(dtype)
+    err = squared.flatten(1).mean(1)
+    return (err * noise_weight).mean()

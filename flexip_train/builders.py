@@ -5,7 +5,9 @@ Folder conventions (searched recursively; names are case-insensitive for extensi
 
 images     Every .png/.jpg/.jpeg/.webp is one invariant sample: reference and target are the same
            picture (the dataset lightly augments the reference). Caption: the sidecar <name>.txt
-           next to it. Optional mask: <name>.mask.png (white = subject, the picture's size).
+           next to it. Optional masks (white = subject, the picture's size): <name>.mask.png, the
+           reference's (the encoders see the rest greyed out), and <name>.loss.mask.png, the
+           target's (the loss weighs the subject by the run option loss.subject_weight).
 videos     Every .mp4/.webm/.mkv/.mov/.avi with a sidecar caption <name>.txt; and every frame
            folder, a folder of numbered images (frame_0001.png, 2.jpg: the number at the end of
            the name orders them) with caption.txt inside. One sample each, frames left to the
@@ -21,6 +23,8 @@ multiview  Every folder below FOLDER that holds images directly is one object an
            gives V * min(pairs_per_view, V - 1) samples, weighting objects by their view count,
            and every view is a target as often as a reference. A view that cannot be read or has
            no caption is left out (reported); an object left with fewer than 2 views is a bad sample.
+           Optional per-view masks as for images: a view's <view>.mask.png goes with it as the
+           reference, its <view>.loss.mask.png as the target.
 
 Bad samples (unreadable image or mask, a mask of the wrong size, an unreadable or too short video,
 a missing caption) are reported with their path and skipped.
@@ -37,6 +41,8 @@ from .media import (MASK_SUFFIX, VIDEO_EXTENSIONS, count_decoded_frames, frame_c
 
 CAPTION_FILE = "caption.txt"
 CHECK_SIDE = 64  # the builders decode images (a JPEG at a reduced scale) only to prove they decode
+# The target's subject mask for the loss; it ends in media.MASK_SUFFIX, so it is never taken for a picture.
+LOSS_MASK_SUFFIX = ".loss" + MASK_SUFFIX
 
 
 def read_caption(path):
@@ -63,22 +69,27 @@ def _message(error):
 
 
 def _check_picture(path, caption, caption_hint):
-    """(mask path or None, Problem or None) for an image or view: it decodes, it has a caption,
-    and its optional <name>.mask.png decodes at the picture's size."""
+    """((mask path or None, loss mask path or None), Problem or None) for an image or view: it
+    decodes, it has a caption, and its optional <name>.mask.png and <name>.loss.mask.png decode at
+    the picture's size."""
     try:
         size = load_image(path, CHECK_SIDE)[1]
     except Exception as error:  # decoders raise many types (OSError, SyntaxError, ValueError...)
-        return None, Problem(str(path), "unreadable image", _message(error))
+        return (None, None), Problem(str(path), "unreadable image", _message(error))
     if not caption:
-        return None, Problem(str(path), "missing caption", caption_hint)
-    mask = path.with_name(path.stem + MASK_SUFFIX)
-    if not mask.is_file():
-        return None, None
-    try:
-        load_mask(mask, size)
-    except Exception as error:
-        return None, Problem(str(mask), "bad mask", _message(error))
-    return str(mask), None
+        return (None, None), Problem(str(path), "missing caption", caption_hint)
+    masks = []
+    for suffix, reason in ((MASK_SUFFIX, "bad mask"), (LOSS_MASK_SUFFIX, "bad loss mask")):
+        mask = path.with_name(path.stem + suffix)
+        if not mask.is_file():
+            masks.append(None)
+            continue
+        try:
+            load_mask(mask, size)
+        except Exception as error:
+            return (None, None), Problem(str(mask), reason, _message(error))
+        masks.append(str(mask))
+    return tuple(masks), None
 
 
 def _progress(items, description, progress):
@@ -91,11 +102,11 @@ def images_manifest(folder, progress=True):
     samples, problems = [], []
     for path in _progress(paths, f"images in {folder}", progress):
         caption = read_caption(path.with_suffix(".txt"))
-        mask, problem = _check_picture(path, caption, f"no {path.with_suffix('.txt').name}")
+        (mask, loss_mask), problem = _check_picture(path, caption, f"no {path.with_suffix('.txt').name}")
         if problem:
             problems.append(problem)
             continue
-        samples.append(Sample("image", (str(path),), str(path), caption, mask=mask))
+        samples.append(Sample("image", (str(path),), str(path), caption, mask=mask, loss_mask=loss_mask))
     return samples, problems
 
 
@@ -164,22 +175,23 @@ def multiview_manifest(folder, pairs_per_view=1, progress=True):
     samples = []
     for directory, views in _progress(objects, f"multi-view sets in {folder}", progress):
         shared_caption = read_caption(directory / CAPTION_FILE)
-        good = []  # (view, caption, mask)
+        good = []  # (view, caption, (mask, loss mask))
         for view in views:
             caption = read_caption(view.with_suffix(".txt")) or shared_caption
-            mask, problem = _check_picture(view, caption, f"no {CAPTION_FILE} or {view.with_suffix('.txt').name}")
+            masks, problem = _check_picture(view, caption, f"no {CAPTION_FILE} or {view.with_suffix('.txt').name}")
             if problem:
                 problems.append(problem)
             else:
-                good.append((view, caption, mask))
+                good.append((view, caption, masks))
         if len(good) < 2:
             views = f"{len(good)} usable view{'s' * (len(good) != 1)}"
             problems.append(Problem(str(directory), "too few views", views))
             continue
-        for i, (reference, _, mask) in enumerate(good):
+        for i, (reference, _, (mask, _)) in enumerate(good):
             for step in range(1, min(pairs_per_view, len(good) - 1) + 1):
-                target, caption, _ = good[(i + step) % len(good)]
-                samples.append(Sample("multiview", (str(reference),), str(target), caption, mask=mask))
+                target, caption, (_, loss_mask) = good[(i + step) % len(good)]
+                samples.append(Sample("multiview", (str(reference),), str(target), caption, mask=mask,
+                                      loss_mask=loss_mask))
     return samples, problems
 
 

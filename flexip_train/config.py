@@ -83,6 +83,15 @@ class DropoutOptions:
 
 
 @dataclass
+class LossOptions:
+    subject_weight: float = option(1.0, "Weight of the target's subject pixels in the loss, the rest weighing 1 (each "
+                                        "sample's weights scaled to mean 1, so the loss keeps its scale): "
+                                        "above 1 the adapters learn the subject before the background. Needs "
+                                        "loss_mask in the manifest (the builders' <name>.loss.mask.png); samples "
+                                        "without one weigh every pixel alike. 1: unweighted.")
+
+
+@dataclass
 class ValidationOptions:
     references: list = option([], "Reference images rendered in the validation grid.")
     prompts: list = option([], "Prompts of the validation grid (one row per reference x prompt).")
@@ -94,7 +103,7 @@ class ValidationOptions:
 
 
 SECTIONS = {"run": RunOptions, "model": ModelOptions, "data": DataOptions, "optim": OptimOptions,
-            "gate": GateOptions, "dropout": DropoutOptions, "validation": ValidationOptions}
+            "gate": GateOptions, "dropout": DropoutOptions, "loss": LossOptions, "validation": ValidationOptions}
 
 
 @dataclass
@@ -105,6 +114,7 @@ class TrainConfig:
     optim: OptimOptions = field(default_factory=OptimOptions)
     gate: GateOptions = field(default_factory=GateOptions)
     dropout: DropoutOptions = field(default_factory=DropoutOptions)
+    loss: LossOptions = field(default_factory=LossOptions)
     validation: ValidationOptions = field(default_factory=ValidationOptions)
 
     def to_dict(self):
@@ -171,6 +181,8 @@ def check(config, source):
     if any(not 0 <= p <= 1 for p in dropout) or sum(dropout) > 1:
         problems.append("dropout.text, image and both are probabilities of disjoint events: each in [0, 1], "
                         "their sum at most 1")
+    if not config.loss.subject_weight > 0:
+        problems.append("loss.subject_weight must be above 0")
     if config.optim.grad_accum < 1:
         problems.append("optim.grad_accum must be at least 1")
     if problems:

@@ -88,11 +88,12 @@ class FlexIPDataset(torch.utils.data.Dataset):
     side references are loaded at, before the encoders' own preprocessing. min_gap, max_gap: the
     frame distance of a video pair drawn at random (a sample's fixed frames are used as given).
     augment: the image samples' light reference augmentation (off: the reference is the clean
-    centre square, as for video and multi-view samples).
+    centre square, as for video and multi-view samples). loss_masks: items carry the target's
+    loss mask (the Trainer asks for them when loss.subject_weight is not 1).
     """
 
     def __init__(self, samples, resolution=512, reference_size=448, seed=0, min_gap=MIN_GAP, max_gap=MAX_GAP,
-                 augment=True):
+                 augment=True, loss_masks=False):
         self.samples = list(samples)
         if not self.samples:
             raise ValueError("FlexIPDataset: no samples (build a manifest with python -m flexip_train.build_manifest)")
@@ -102,6 +103,7 @@ class FlexIPDataset(torch.utils.data.Dataset):
             raise ValueError(f"FlexIPDataset: the seed must be >= 0, got {seed}")
         self.resolution, self.reference_size = int(resolution), int(reference_size)
         self.seed, self.min_gap, self.max_gap, self.augment = int(seed), int(min_gap), int(max_gap), augment
+        self.loss_masks = loss_masks
         self.epoch = 0
         self.pools = {kind: [i for i, s in enumerate(self.samples) if s.is_variant == kind] for kind in (False, True)}
         self._place = {i: n for pool in self.pools.values() for n, i in enumerate(pool)}
@@ -116,7 +118,9 @@ class FlexIPDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         """-> {"reference": [R, S, S, 3], "reference_mask": [R, S, S] (ones where there is no mask),
         "target": [resolution, resolution, 3], "caption": str, "is_variant": bool, "index": the
-        sample loaded, "requested_index": index, "skipped": [(path, reason), ...]}.
+        sample loaded, "requested_index": index, "skipped": [(path, reason), ...]}; with loss_masks
+        also "loss_mask": [resolution, resolution], the target's subject mask cropped as the target
+        (ones where the sample has none).
 
         A sample that does not load is recorded in "skipped" and the next sample of the same kind
         (invariant or variant, in manifest order, wrapping around) is loaded instead; RuntimeError
@@ -144,24 +148,33 @@ class FlexIPDataset(torch.utils.data.Dataset):
         if sample.modality == "video":
             reference, target = self._video_frames(sample, rng)
             references = [(reference, None)]
+            target_size = target.size
         else:
             pictures = {}
             side = max(self.resolution, self.reference_size)
             for path in dict.fromkeys((*sample.references, sample.target)):
                 pictures[path] = _guarded(path, "unreadable image", load_image, path, side)
             references = [(pictures[p][0], pictures[p][1]) for p in sample.references]
-            target = pictures[sample.target][0]
+            target, target_size = pictures[sample.target]
         masks = [None] * len(references)
         if sample.mask is not None:  # a Sample with a mask has one reference
             image, full_size = references[0]
             masks[0] = _guarded(sample.mask, "bad mask", load_mask, sample.mask, full_size or image.size)
         loaded = [self._reference(image, mask, sample.modality == "image", rng)
                   for (image, _), mask in zip(references, masks)]
-        return {"reference": torch.stack([r for r, _ in loaded]),
+        box = centre_box(*target.size)
+        item = {"reference": torch.stack([r for r, _ in loaded]),
                 "reference_mask": torch.stack([m for _, m in loaded]),
-                "target": to_tensor(square(target, self.resolution, centre_box(*target.size))),
+                "target": to_tensor(square(target, self.resolution, box)),
                 "caption": sample.caption,
                 "is_variant": sample.is_variant}
+        if self.loss_masks:
+            if sample.loss_mask is None:
+                item["loss_mask"] = torch.ones(self.resolution, self.resolution)
+            else:
+                mask = _guarded(sample.loss_mask, "bad loss mask", load_mask, sample.loss_mask, target_size)
+                item["loss_mask"] = to_tensor(square(mask, self.resolution, box, resample=Image.BILINEAR))
+        return item
 
     def _reference(self, image, mask, invariant, rng):
         side = self.reference_size
@@ -195,8 +208,8 @@ class FlexIPDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    """Items -> a batch: tensors stacked ([B, R, ...] for references), captions as a list, and
-    every item's skipped (path, reason) in one list."""
+    """Items -> a batch: tensors stacked ([B, R, ...] for references; loss_mask where the items have it),
+    captions as a list, and every item's skipped (path, reason) in one list."""
     counts = {item["reference"].shape[0] for item in items}
     if len(counts) > 1:
         raise ValueError(f"collate: the batch mixes samples with {sorted(counts)} references; "
@@ -208,7 +221,8 @@ def collate(items):
             "is_variant": torch.tensor([item["is_variant"] for item in items]),
             "index": torch.tensor([item["index"] for item in items]),
             "requested_index": torch.tensor([item["requested_index"] for item in items]),
-            "skipped": [entry for item in items for entry in item["skipped"]]}
+            "skipped": [entry for item in items for entry in item["skipped"]],
+            **({"loss_mask": torch.stack([item["loss_mask"] for item in items])} if "loss_mask" in items[0] else {})}
 
 
 class BalancedSampler(torch.utils.data.Sampler):

@@ -1,5 +1,5 @@
-"""What a run shows while it trains: a progress bar (loss, alpha, beta, it/s, ETA), metrics.csv,
-TensorBoard scalars, and a loss plot next to them. Only the main process writes."""
+"""What a run shows while it trains: a progress bar (loss, alpha, beta, it/s, ETA; optional),
+metrics.csv, TensorBoard scalars, and a loss plot next to them. Only the main process writes."""
 import csv
 import resource
 from pathlib import Path
@@ -24,7 +24,9 @@ def current_memory_mb():
 
 
 class MetricsLog:
-    def __init__(self, run_dir, enabled, total, start=0):
+    """enabled: write anything (the main process); progress: show the progress bar too."""
+
+    def __init__(self, run_dir, enabled, total, start=0, progress=True):
         self.enabled = enabled
         if not enabled:
             return
@@ -35,7 +37,8 @@ class MetricsLog:
         self.writer = None
         from torch.utils.tensorboard import SummaryWriter
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
-        self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True,
+                        disable=not progress)
 
     def step(self, step, metrics, write):
         if not self.enabled:

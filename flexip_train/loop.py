@@ -14,7 +14,8 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
-from flexip_core.training import CFGDropout, TrainingConditioner, drop, epsilon_loss, training_patches
+from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon_loss, subject_loss_weight,
+                                  training_patches)
 from flexip_core.weights import save_flexip
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -34,6 +35,7 @@ class Batch:
     clip: torch.Tensor          # [B, clip_dim]
     dino: torch.Tensor          # [B, M, dino_dim]
     is_variant: torch.Tensor    # [B] bool
+    loss_mask: torch.Tensor | None = None  # [B, H, W] the targets' subject masks (pixels), when the loss weighs them
 
 
 def encode_items(base, items, cache):
@@ -54,16 +56,18 @@ def encode_items(base, items, cache):
             if cache:
                 cache.put(items[i]["index"], features[i])
     device = base.device
+    loss_mask = torch.stack([item["loss_mask"] for item in items]).to(device) if "loss_mask" in items[0] else None
     return Batch(*(torch.stack([f[name] for f in features]).to(device) for name in ("latents", "text", "clip", "dino")),
-                 torch.tensor([bool(item["is_variant"]) for item in items], device=device))
+                 torch.tensor([bool(item["is_variant"]) for item in items], device=device), loss_mask)
 
 
 class Trainer:
     """Everything one training run holds; `train()` runs it to max_steps, resuming if asked."""
 
-    def __init__(self, config, base, flexip_config, accelerator, validator=None):
+    def __init__(self, config, base, flexip_config, accelerator, validator=None, progress=True):
         self.config, self.base, self.accelerator = config, base, accelerator
         self.validator = validator  # callable(flexip, step), main process only
+        self.progress = progress  # the progress bar (metrics are written either way)
         self.run_dir = Path(config.run.output_dir)
         self.flexip = init_flexip(flexip_config, base, config)
         self.dropout = CFGDropout(config.dropout.text, config.dropout.image, config.dropout.both)
@@ -88,8 +92,13 @@ class Trainer:
             raise ValueError(f"[data] manifests: no usable samples in {config.data.manifests} "
                              f"({len(problems)} problems: {'; '.join(map(str, problems[:5]))})")
         self.manifest_problems = problems
+        weighted = config.loss.subject_weight != 1 and any(s.loss_mask for s in samples)
+        if config.loss.subject_weight != 1 and not weighted:
+            accelerator.print(f"loss.subject_weight is {config.loss.subject_weight:g} but no sample has a loss_mask: "
+                              "the loss weighs every pixel alike")
         self.dataset = FlexIPDataset(samples, config.data.resolution, flexip_config.clip.resolution * 2,
-                                     seed=config.run.seed, min_gap=config.data.min_gap, max_gap=config.data.max_gap)
+                                     seed=config.run.seed, min_gap=config.data.min_gap, max_gap=config.data.max_gap,
+                                     loss_masks=weighted)
         self.sampler = BalancedSampler(self.dataset, seed=config.run.seed, num_replicas=accelerator.num_processes,
                                        rank=accelerator.process_index)
         if self.sampler.warning:
@@ -126,7 +135,9 @@ class Trainer:
         with self.accelerator.autocast():
             kv, gamma = self.conditioner(clip, dino, text, batch.is_variant)
             x0_pred = self.base.denoise(noisy, sigma, text, training_patches(kv, gamma, self.base.attention))
-        return epsilon_loss(x0_pred, batch.latents, sigma, self.base.v_prediction)
+        weight = None if batch.loss_mask is None else subject_loss_weight(
+            batch.loss_mask, batch.latents.shape[-2:], self.config.loss.subject_weight)
+        return epsilon_loss(x0_pred, batch.latents, sigma, self.base.v_prediction, weight)
 
     def optimizer_step(self, micro_batches):
         total = 0.0
@@ -204,7 +215,8 @@ class Trainer:
     def train(self):
         epoch, position = self.resume()
         config, acc = self.config, self.accelerator
-        log = MetricsLog(self.run_dir, enabled=acc.is_main_process, total=config.run.max_steps, start=self.step)
+        log = MetricsLog(self.run_dir, enabled=acc.is_main_process, total=config.run.max_steps, start=self.step,
+                         progress=self.progress)
         started, start_step = time.time(), self.step
         try:
             for epoch, position, micro in self.steps(epoch, position):
@@ -245,7 +257,9 @@ class Trainer:
                 s.is_variant for s in self.dataset.samples), "skipped_while_loading": len(self.skipped),
                 "manifest_problems": len(self.manifest_problems), "base_checkpoint": Path(self.config.model.checkpoint).name,
                 "base_checkpoint_sha256": base_hash, "alpha": self.flexip.gate.alpha.item(),
-                "beta": self.flexip.gate.beta.item(), "processes": self.accelerator.num_processes,
+                "beta": self.flexip.gate.beta.item(), "subject_weight": self.config.loss.subject_weight,
+                "loss_masks": sum(s.loss_mask is not None for s in self.dataset.samples),
+                "processes": self.accelerator.num_processes,
                 "global_batch": self.step_samples()}
             save_flexip(self.flexip, path, {"training": json.dumps(facts)})
         self.accelerator.wait_for_everyone()

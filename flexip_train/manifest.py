@@ -3,7 +3,7 @@
 A line (fields other than these are refused, so a misspelt one is caught):
 
     {"modality": "image", "references": ["cats/tom.jpg"], "target": "cats/tom.jpg",
-     "caption": "a grey cat on a sofa", "mask": "cats/tom.mask.png"}
+     "caption": "a grey cat on a sofa", "mask": "cats/tom.mask.png", "loss_mask": "cats/tom.loss.mask.png"}
     {"modality": "video", "references": ["clips/walk.mp4"], "target": "clips/walk.mp4",
      "caption": "a man walking a dog", "frames": [3, 17]}
     {"modality": "multiview", "references": ["mugs/red/0.png"], "target": "mugs/red/3.png",
@@ -16,6 +16,10 @@ A line (fields other than these are refused, so a misspelt one is caught):
   the same path as the reference; may be left out for image and video (then it is the reference).
 - caption: the text of the target, not empty. mask: optional, the reference subject's mask (white =
   subject), the reference's size; only with one reference, and for video only with fixed frames.
+  The encoders see the reference with the rest greyed out.
+- loss_mask: optional, the target's subject mask (white = subject), the target's size; for video
+  only with fixed frames (it is the target frame's). With the run option loss.subject_weight, the
+  loss weighs the subject's pixels that many times the rest (flexip_core.training.subject_loss_weight).
 - frames: video only, [reference frame, target frame] counted from 0 in decoding order (for a frame
   folder: in the order of the numbers in the file names); left out, the dataset draws a random pair.
 
@@ -31,7 +35,7 @@ from pathlib import Path
 
 MODALITIES = ("image", "video", "multiview")
 VARIANT_MODALITIES = ("video", "multiview")
-FIELDS = ("modality", "references", "target", "caption", "mask", "frames")
+FIELDS = ("modality", "references", "target", "caption", "mask", "loss_mask", "frames")
 # Video frame pairs (our choice; the paper does not say): frames at least MIN_GAP apart so the
 # pair shows a change, at most MAX_GAP (about a second at 30 fps) so it shows the same subject.
 MIN_GAP = 4
@@ -46,6 +50,7 @@ class Sample:
     caption: str
     mask: str | None = None
     frames: tuple[int, int] | None = None
+    loss_mask: str | None = None
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -57,6 +62,10 @@ class Sample:
             raise ValueError(f"target must be a path, got {self.target!r}")
         if not isinstance(self.caption, str) or not self.caption.strip():
             raise ValueError("missing caption")
+        for name in ("mask", "loss_mask"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a path, got {value!r}")
         if self.mask is not None and len(self.references) != 1:
             raise ValueError(f"a mask goes with one reference, got {len(self.references)}")
         if self.modality == "video":
@@ -65,6 +74,8 @@ class Sample:
                                  "and the target is the same path")
             if self.mask is not None and self.frames is None:
                 raise ValueError("a video sample's mask is of one frame: give the frames too")
+            if self.loss_mask is not None and self.frames is None:
+                raise ValueError("a video sample's loss_mask is of its target frame: give the frames too")
         if self.frames is not None:
             if self.modality != "video":
                 raise ValueError(f"frames are for video samples, not {self.modality}")
@@ -78,7 +89,8 @@ class Sample:
 
     def paths(self):
         """Every file or folder the sample names, once each."""
-        return tuple(dict.fromkeys((*self.references, self.target) + ((self.mask,) if self.mask else ())))
+        masks = tuple(m for m in (self.mask, self.loss_mask) if m)
+        return tuple(dict.fromkeys((*self.references, self.target, *masks)))
 
 
 @dataclass(frozen=True)
@@ -155,14 +167,15 @@ def _sample_from_record(record, base):
         raise ValueError("missing target")
     else:
         target = _resolve(target, base)
-    mask = record.get("mask")
+    mask, loss_mask = record.get("mask"), record.get("loss_mask")
     frames = record.get("frames")
     if frames is not None:
         if not isinstance(frames, list):
             raise ValueError(f"frames must be a list of two frame indices, got {frames!r}")
         frames = tuple(frames)
     return Sample(modality=modality, references=references, target=target, caption=caption,
-                  mask=None if mask is None else _resolve(mask, base), frames=frames)
+                  mask=None if mask is None else _resolve(mask, base), frames=frames,
+                  loss_mask=None if loss_mask is None else _resolve(loss_mask, base))
 
 
 def read_manifest(path):
@@ -211,6 +224,8 @@ def sample_to_record(sample, base):
               "caption": sample.caption}
     if sample.mask is not None:
         record["mask"] = _portable(sample.mask, base)
+    if sample.loss_mask is not None:
+        record["loss_mask"] = _portable(sample.loss_mask, base)
     if sample.frames is not None:
         record["frames"] = list(sample.frames)
     return record

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from flexip_core.config import TINY
 from flexip_core.injection import COND
 from flexip_core.model import FlexIP
-from flexip_core.training import CFGDropout, TrainingConditioner, drop, epsilon_loss, training_patches
+from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon_loss, subject_loss_weight,
+                                  training_patches)
 
 
 def test_dropout_events_are_disjoint_with_the_configured_rates():
@@ -63,9 +64,11 @@ def test_training_patch_is_the_design_formula_per_sample():
     kv_s = (torch.randn(2, 5, inner, generator=g, dtype=torch.float64), torch.randn(2, 5, inner, generator=g, dtype=torch.float64))
     gamma = torch.tensor([0.2, 0.9], dtype=torch.float64)
 
-    def attention(q_, k_, v_, heads_, attn_precision=None):
-        return F.scaled_dot_product_attention(*(t.unflatten(-1, (heads_, -1)).transpose(1, 2) for t in (q_, k_, v_))
-                                              ).transpose(1, 2).flatten(2)
+    def attention(q_, k_, v_, heads_, mask=None, attn_precision=None):
+        # optimized_attention's signature; a mask [B, 1, N_k] is added to every head's scores, as ComfyUI does
+        mask = None if mask is None else mask.unsqueeze(1)
+        return F.scaled_dot_product_attention(*(t.unflatten(-1, (heads_, -1)).transpose(1, 2) for t in (q_, k_, v_)),
+                                              attn_mask=mask).transpose(1, 2).flatten(2)
 
     (patch,) = training_patches({("input", 1, 0): (kv_p, kv_s)}, gamma, attention).values()
     out = patch(q, k, v, {"n_heads": heads, "cond_or_uncond": [COND]})
@@ -95,3 +98,63 @@ def test_epsilon_loss_is_the_mse_of_the_models_own_output(v_prediction):
         target = eps
     expected = ((out - target) ** 2).flatten(1).mean(1).mean()
     assert epsilon_loss(denoised, x0, sigma, v_prediction).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_subject_loss_weight_is_the_area_mean_of_the_mask_scaled_to_mean_one():
+    """Weights on a 4 x 6 latent grid from 8 x 12 masks (2 x 2 pixels per cell) against a float64
+    reference written out cell by cell: 1 + (w - 1) * the cell's mean mask value, over the sample's mean."""
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(2, 8, 12, generator=g, dtype=torch.float64)
+    masks[1] = (masks[1] > 0.7).double()  # one soft mask, one binary
+    weight = subject_loss_weight(masks, (4, 6), 5.0)
+    assert weight.shape == (2, 1, 4, 6) and weight.dtype == torch.float64
+    for b in range(2):
+        cells = torch.tensor([[masks[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean().item() for j in range(6)]
+                              for i in range(4)], dtype=torch.float64)
+        raw = 1 + 4.0 * cells
+        assert torch.allclose(weight[b, 0], raw / raw.mean(), atol=1e-12, rtol=0)
+        assert weight[b].mean().item() == pytest.approx(1.0, abs=1e-12)
+    subject = weight[1, 0][masks[1].view(4, 2, 6, 2).mean((1, 3)) == 1]
+    background = weight[1, 0][masks[1].view(4, 2, 6, 2).mean((1, 3)) == 0]
+    assert torch.allclose(subject / background.mean(), torch.full_like(subject, 5.0), atol=1e-12, rtol=0)
+    # without a subject, or all subject, or weight 1, every pixel weighs 1
+    for mask, w in ((torch.ones(1, 8, 12), 5.0), (torch.zeros(1, 8, 12), 5.0), (masks[:1].float(), 1.0)):
+        assert torch.allclose(subject_loss_weight(mask, (4, 6), w), torch.ones(1, 1, 4, 6), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("v_prediction", [False, True])
+def test_weighted_epsilon_loss_against_a_float64_reference(v_prediction):
+    """Each sample's loss is the mean over its elements of weight * squared error, times its noise
+    weight; a weight of ones is the unweighted loss exactly, and a weight of the wrong shape is refused."""
+    g = torch.Generator().manual_seed(4)
+    x0, x0_pred = (torch.randn(3, 4, 2, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    sigma = torch.tensor([0.03, 1.0, 14.6], dtype=torch.float64)
+    weight = torch.rand(3, 1, 2, 3, generator=g, dtype=torch.float64) * 4
+    expected = 0.0
+    for b in range(3):
+        noise_weight = (sigma[b] ** 2 + 1) / sigma[b] ** 2 if v_prediction else sigma[b] ** -2
+        total = sum(weight[b, 0, i, j] * (x0_pred[b, c, i, j] - x0[b, c, i, j]) ** 2
+                    for c in range(4) for i in range(2) for j in range(3))
+        expected += noise_weight * total / (4 * 2 * 3) / 3
+    loss = epsilon_loss(x0_pred, x0, sigma, v_prediction, weight)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert torch.equal(epsilon_loss(x0_pred, x0, sigma, v_prediction, torch.ones(3, 1, 2, 3, dtype=torch.float64)),
+                       epsilon_loss(x0_pred, x0, sigma, v_prediction))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        epsilon_loss(x0_pred, x0, sigma, v_prediction, torch.ones(3, 2, 2, 3))
+
+
+def test_subject_weighting_moves_the_loss_toward_the_subjects_error():
+    """An error only on the subject counts (w = 4, subject a quarter of the picture) 4 / 1.75 times
+    as much as unweighted; an error only on the background 1 / 1.75 times."""
+    x0 = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    mask = torch.zeros(1, 8, 8, dtype=torch.float64)
+    mask[:, :4, :4] = 1  # the top-left latent quarter
+    weight = subject_loss_weight(mask, (4, 4), 4.0)
+    sigma = torch.ones(1, dtype=torch.float64)
+    on_subject, on_background = x0.clone(), x0.clone()
+    on_subject[..., :2, :2] = 1
+    on_background[..., 2:, :] = 1
+    for error, factor in ((on_subject, 4 / 1.75), (on_background, 1 / 1.75)):
+        assert epsilon_loss(error, x0, sigma, weight=weight).item() == pytest.approx(
+            factor * epsilon_loss(error, x0, sigma).item(), rel=1e-12)

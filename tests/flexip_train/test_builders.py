@@ -93,6 +93,31 @@ def test_multiview(multiview_folder):
     assert paths_by_reason(problems) == {reason: as_strings(paths) for reason, paths in bad.items()}
 
 
+def test_loss_masks_go_with_the_target_and_are_never_pictures(tmp_path):
+    from tests.flexip_train.conftest import write_image, write_mask
+    images, views = tmp_path / "images", tmp_path / "views"
+    write_image(images / "cat.png", (48, 40), 1, "a cat")
+    write_mask(images / "cat.loss.mask.png", (48, 40))
+    write_image(images / "dog.png", (48, 40), 2, "a dog")
+    write_mask(images / "dog.loss.mask.png", (20, 20))
+    write_image(images / "bird.png", (48, 40), 3, "a bird")
+    samples, problems = images_manifest(images, progress=False)
+    assert [(Path(s.target).name, s.loss_mask, s.mask) for s in samples] == [
+        ("bird.png", None, None), ("cat.png", str(images / "cat.loss.mask.png"), None)]
+    assert [(p.path, p.reason) for p in problems] == [(str(images / "dog.loss.mask.png"), "bad loss mask")]
+    assert "48x40" in problems[0].detail
+    for i in range(3):
+        write_image(views / "mug" / f"{i}.png", (40, 40), 10 + i, caption="a mug")
+    write_mask(views / "mug" / "1.loss.mask.png", (40, 40))
+    write_mask(views / "mug" / "2.mask.png", (40, 40))
+    samples, problems = multiview_manifest(views, progress=False)
+    assert not problems
+    pairs = {(Path(s.references[0]).name, Path(s.target).name): (s.mask, s.loss_mask) for s in samples}
+    assert pairs == {("0.png", "1.png"): (None, str(views / "mug" / "1.loss.mask.png")),
+                     ("1.png", "2.png"): (None, None),
+                     ("2.png", "0.png"): (str(views / "mug" / "2.mask.png"), None)}
+
+
 def test_pairs_per_view(multiview_folder):
     root, _, _ = multiview_folder
     samples, _ = multiview_manifest(root, pairs_per_view=5, progress=False)

@@ -34,6 +34,8 @@ def test_printed_config_loads_back_unchanged(tmp_path):
     ({"gate": {"alpha": 1.0}}, "strictly between 0 and 1"),
     ({"optim": {"mixed_precision": "fp8"}}, "mixed_precision"),
     ({"dropout": {"text": 0.6, "image": 0.6}}, "their sum at most 1"),
+    ({"loss": {"subject_weight": 0}}, "loss.subject_weight must be above 0"),
+    ({"loss": {"subject_weight": float("nan")}}, "loss.subject_weight must be above 0"),
 ])
 def test_bad_options_are_refused_with_their_name(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from flexip_core.config import SD15
@@ -128,6 +129,51 @@ def test_reference_mask_follows_the_reference_crop_and_flip(tmp_path):
     assert 0 < flipped < 8
     assert torch.equal(FlexIPDataset([Sample("image", (str(picture),), str(picture), "c")], 32, 32)[0]
                        ["reference_mask"], torch.ones(1, 32, 32))
+
+
+def stripes(path, size, white_columns):
+    """A black picture (RGB) or mask (L, by the name) with white columns."""
+    pixels = np.zeros((size[1], size[0]), np.uint8)
+    pixels[:, white_columns] = 255
+    Image.fromarray(pixels).convert("L" if path.name.endswith(".mask.png") else "RGB").save(path)
+    return path
+
+
+def test_loss_mask_is_cropped_as_the_target(tmp_path):
+    # 60 x 40 pictures: the target is the central 40 x 40 (columns 10-49), loaded at 40 px, so the
+    # crop is exact. White columns 0-9 lie outside it and 10-19 inside: a mask cropped otherwise
+    # (squashed whole, or from the left) differs. Reference augmentation never moves it.
+    view = stripes(tmp_path / "view.png", (60, 40), slice(0, 20))
+    mask = stripes(tmp_path / "view.loss.mask.png", (60, 40), slice(0, 20))
+    other = stripes(tmp_path / "other.png", (60, 40), slice(40, 60))
+    other_mask = stripes(tmp_path / "other.loss.mask.png", (60, 40), slice(40, 60))
+    expected = torch.zeros(40, 40)
+    expected[:, :10] = 1
+    samples = [Sample("image", (str(view),), str(view), "c", loss_mask=str(mask)),
+               Sample("multiview", (str(other),), str(view), "c", loss_mask=str(mask)),
+               Sample("multiview", (str(view),), str(other), "c", loss_mask=str(other_mask)),
+               Sample("image", (str(other),), str(other), "no mask")]
+    data = FlexIPDataset(samples, resolution=40, reference_size=32, seed=0, loss_masks=True)
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        for index in (0, 1):
+            item = data[index]
+            assert torch.equal(item["loss_mask"], expected) and torch.equal(item["target"][..., 0], expected)
+    assert torch.equal(data[2]["loss_mask"], expected.flip(1))  # the target's mask, not the reference's
+    assert torch.equal(data[3]["loss_mask"], torch.ones(40, 40))
+    batch = collate([data[0], data[3]])
+    assert torch.equal(batch["loss_mask"], torch.stack([expected, torch.ones(40, 40)]))
+    # without loss_masks the items are as before: no mask is read
+    plain = FlexIPDataset(samples, resolution=40, reference_size=32, seed=0)
+    assert "loss_mask" not in plain[0] and "loss_mask" not in collate([plain[0], plain[3]])
+    other_mask.unlink()
+    assert "loss_mask" not in plain[2]
+    # a loss mask of the wrong size is a bad sample, substituted and reported
+    wrong = stripes(tmp_path / "wrong.loss.mask.png", (20, 20), slice(0, 5))
+    bad = FlexIPDataset([Sample("image", (str(view),), str(view), "c", loss_mask=str(wrong))] + samples[3:],
+                        resolution=40, reference_size=32, loss_masks=True)[0]
+    assert bad["index"] == 1 and bad["skipped"][0][0] == str(wrong)
+    assert bad["skipped"][0][1].startswith("bad loss mask: the mask is 20x20 but its image is 60x40")
 
 
 def test_video_pairs_keep_their_gap_and_fixed_frames_are_used(video_folder):

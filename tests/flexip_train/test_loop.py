@@ -2,6 +2,8 @@
 two processes (gloo) match one, frozen parts stay frozen while every trainable tensor learns.
 The full-shape SD1.5 checks are in test_train_sd15.py."""
 import csv
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -10,12 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
+
+from tests.flexip_train.conftest import write_mask
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the tiny base and run helpers beside this file
 
-from tiny_run import make_trainer, tiny_config, write_data  # noqa: E402
+from tiny_run import make_trainer, tiny_config, write_data, write_manifests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +166,44 @@ def test_feature_cache_skips_the_frozen_encoders_after_the_first_epoch(manifests
     assert len(list(cache.rglob("*.safetensors"))) == 16
     with pytest.raises(ValueError, match="other data or settings"):
         make_trainer(tiny_config(tmp_path / "other", manifests, data={"resolution": 128, "feature_cache": str(cache)}))
+
+
+def test_subject_weight_weighs_the_loss_masks_and_a_manifest_without_them_trains_as_before(manifests, tmp_path):
+    """The same pictures with a loss mask (the left half) beside each: at subject_weight 1 the masks
+    are not even read and the run is bit-identical to the one without them, as is a run at
+    subject_weight 3 on manifests without masks. At 3, weights on the left half and on the right
+    half sum to 2 everywhere (each sample's weights have mean 1), so the two losses sum to twice
+    the unweighted one, while each differs from it."""
+    from flexip_train.loop import encode_items
+    folder = tmp_path / "masked"
+    write_data(folder)
+    for picture in list(folder.rglob("*.png")):
+        with Image.open(picture) as image:
+            write_mask(picture.with_name(picture.stem + ".loss.mask.png"), image.size)
+    masked = write_manifests(folder)
+
+    def run(name, data, weight):
+        config = tiny_config(tmp_path / name, data, run={"max_steps": 3}, loss={"subject_weight": weight})
+        trainer = make_trainer(config)
+        trainer.train()
+        return trainer, losses(tmp_path / name)
+
+    _, plain = run("plain", manifests, 1.0)
+    unmasked_weighted, weighted_plain = run("plain_weighted", manifests, 3.0)
+    masked_unweighted, masked_plain = run("masked_unweighted", masked, 1.0)
+    assert plain == weighted_plain == masked_plain
+    assert not unmasked_weighted.dataset.loss_masks and not masked_unweighted.dataset.loss_masks
+
+    trainer, weighted = run("masked_weighted", masked, 3.0)
+    assert trainer.dataset.loss_masks and weighted != plain
+    (_, _, ((items, keys),)) = next(trainer.steps(0, 0))
+    batch = encode_items(trainer.base, items, None)
+    assert batch.loss_mask.shape == (2, 64, 64) and torch.equal(batch.loss_mask[:, :, :32], torch.ones(2, 64, 32))
+    with torch.no_grad():
+        left = trainer.loss(batch, keys).item()
+        right = trainer.loss(dataclasses.replace(batch, loss_mask=batch.loss_mask.flip(-1)), keys).item()
+        uniform = trainer.loss(dataclasses.replace(batch, loss_mask=None), keys).item()
+    assert left + right == pytest.approx(2 * uniform, rel=1e-5) and abs(left - uniform) > 1e-3 * uniform
+    with safe_open(str(trainer.export()), "pt") as exported:  # the tiny base's config is not a shipped one
+        facts = json.loads(exported.metadata()["training"])
+    assert facts["subject_weight"] == 3.0 and facts["loss_masks"] == 16

@@ -31,6 +31,28 @@ def test_sample_rules():
         Sample("video", ("v.mp4",), "v.mp4", "c", frames=(-1, 2))
     with pytest.raises(ValueError, match="give the frames too"):
         Sample("video", ("v.mp4",), "v.mp4", "c", mask="m.png")
+    view = Sample("multiview", ("0.png", "1.png"), "2.png", "a mug", loss_mask="2.loss.mask.png")
+    assert view.paths() == ("0.png", "1.png", "2.png", "2.loss.mask.png")  # several references, one target mask
+    assert Sample("video", ("v.mp4",), "v.mp4", "c", frames=(0, 4), loss_mask="m.png").loss_mask == "m.png"
+    with pytest.raises(ValueError, match="loss_mask is of its target frame: give the frames too"):
+        Sample("video", ("v.mp4",), "v.mp4", "c", loss_mask="m.png")
+    with pytest.raises(ValueError, match="loss_mask must be a path"):
+        Sample("image", ("a.png",), "a.png", "c", loss_mask="")
+
+
+def test_loss_mask_round_trip_and_missing_file(tmp_path):
+    picture = write_image(tmp_path / "data" / "a.png")
+    mask = write_image(tmp_path / "data" / "a.loss.mask.png")
+    samples = [Sample("image", (str(picture),), str(picture), "a picture", loss_mask=str(mask)),
+               Sample("image", (str(picture),), str(picture), "no mask")]
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    write_manifest(samples, manifest)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert records[0]["loss_mask"] == "a.loss.mask.png" and "loss_mask" not in records[1]
+    assert read_manifest(manifest) == (samples, [])
+    mask.unlink()
+    read, problems = read_manifest(manifest)
+    assert read == samples[1:] and [(p.reason, p.detail) for p in problems] == [("missing file", str(mask))]
 
 
 def test_round_trip_with_relative_and_absolute_paths(tmp_path):
