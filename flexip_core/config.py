@@ -121,6 +121,19 @@ TINY = FlexIPConfig(
 CONFIGS = {c.name: c for c in (SD15, TINY)}
 
 
+def register_config(config):
+    """Make `config` a known base model of this process, so the weight loader
+    (flexip_core.weights.load_flexip) accepts files trained for it, e.g. a research base model's.
+    Registering the same config again does nothing; another config under a known name is refused
+    (ValueError), so a shipped configuration cannot be replaced."""
+    if not isinstance(config, FlexIPConfig):
+        raise TypeError(f"register_config takes a FlexIPConfig, got {type(config).__name__}")
+    known = CONFIGS.setdefault(config.name, config)
+    if known != config:
+        raise ValueError(f"flexip_core.config.CONFIGS already holds another configuration named {config.name!r}")
+    return config
+
+
 def parameter_count(config):
     """The parameters FlexIP(config) has, from the sizes alone (nothing is built)."""
     w, out = config.width, config.context_dim

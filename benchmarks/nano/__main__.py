@@ -1,4 +1,4 @@
-"""python -m benchmarks.nano [--size full|ci] [--cache DIR] [--report DIR] [--rebuild]
+"""python -m benchmarks.nano [--size full|ci] [--cache DIR] [--report DIR] [--rebuild] [--subject-weight W]
 
 Builds the miniature from nothing (or from its cache) and writes the report:
 data, encoders, base -> FlexIP-nano, baseline -> evaluation -> report.
@@ -103,11 +103,13 @@ def log(message):
 
 def build(size, cache, rebuild=False, progress=True):
     """Every stage, cached; -> (base, flexip, baseline or None, facts for the report)."""
+    from flexip_core.config import register_config
+
     from . import base as nano_base
     from . import data
     from . import encoders as nano_encoders
     from .baseline import BASELINE_GATE
-    from .train import FLEXIP_GATE, nano_config, register_base_model, train_adapters
+    from .train import FLEXIP_GATE, nano_config, train_adapters
 
     stages = Stages(cache, rebuild)
     facts = {"size": dataclasses.asdict(size)}
@@ -136,7 +138,7 @@ def build(size, cache, rebuild=False, progress=True):
         stages.done()
     patcher, text = nano_base.load_base(path)
     config = nano_config(patcher.model.diffusion_model)
-    register_base_model(config)
+    register_config(config)  # the pack's weight loader then accepts the files the Trainer exports for it
     base = nano_base.nano_base(patcher, text, encoders, config)
 
     from flexip_core.weights import load_flexip, read_flexip_header
@@ -148,7 +150,7 @@ def build(size, cache, rebuild=False, progress=True):
         folder = stages.folder(name)
         if not stages.current(name, [dataclasses.asdict(size.adapters), gate], modules, ["data", "encoders", "base"]):
             log(f"{name}: training with flexip_train's Trainer")
-            train_adapters(base, config, manifests, folder, size.adapters, gate, export_name=name)
+            train_adapters(base, config, manifests, folder, size.adapters, gate, export_name=name, progress=progress)
             stages.done()
         trained[name] = load_flexip(folder / f"{name}.safetensors")
         facts[f"{name}_training"] = json.loads(read_flexip_header(folder / f"{name}.safetensors")[1]["training"])
@@ -192,9 +194,15 @@ def main(argv=None):
     parser.add_argument("--rebuild", action="store_true", help="rebuild every stage, ignoring the cache")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: these models are small, and on a busy machine one thread runs several times faster than two that wait for each other)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--subject-weight", type=float, help="the adapters' loss weight of the subject's pixels "
+                        "against the background's 1 (default: the size's, "
+                        f"{SIZES['full'].adapters.subject_weight:g}; 1: unweighted); FlexIP and the baseline alike")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
+    if args.subject_weight is not None:
+        adapters = dataclasses.replace(size.adapters, subject_weight=args.subject_weight)
+        size = dataclasses.replace(size, adapters=adapters)
     cache = Path(args.cache) if args.cache else REPO / ".host" / "nano" / size.name
     report_dir = Path(args.report) if args.report else cache / "report"
     progress = not args.no_progress

@@ -10,6 +10,8 @@ sidecars, and the two JSONL manifests flexip_train's Trainer reads.
   each view's caption naming its whole scene; a pair's reference is one view and its target another,
   so these teach "this subject, where the prompt says" (the personalization side, gamma near 0).
 In both, the body colour is named for half of the pictures and the pattern and its colour never.
+Every picture has its exact subject mask beside it as the builders' loss mask (<k>.loss.mask.png),
+which the training loss weighs by train.Budget.subject_weight.
 Every choice is fixed per picture (a hash), so the data is the same on every build.
 """
 import hashlib
@@ -55,9 +57,10 @@ def view_caption(subject_id, scene_id):
 
 def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progress=True):
     """Every training subject in `views_per_subject` distinct random scenes, written twice: as image
-    samples (images/<subject>/<k>.png with <k>.txt) and as one multi-view set (views/<subject>/...);
-    and the manifests over them, built by flexip_train's builders. -> [images.jsonl, multiview.jsonl]."""
-    from flexip_train.builders import images_manifest, multiview_manifest
+    samples (images/<subject>/<k>.png with <k>.txt and <k>.loss.mask.png) and as one multi-view set
+    (views/<subject>/...); and the manifests over them, built by flexip_train's builders.
+    -> [images.jsonl, multiview.jsonl]."""
+    from flexip_train.builders import LOSS_MASK_SUFFIX, images_manifest, multiview_manifest
     from flexip_train.manifest import summarize, write_manifest
 
     folder = Path(folder)
@@ -66,10 +69,13 @@ def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progr
     train, _ = world.split()
     for subject_id in tqdm(train, desc="data: training pictures", unit="subject", disable=not progress):
         scenes = [int(c) for c in rng.choice(world.NUM_SCENES, views_per_subject, replace=False)]
-        for k, (scene_id, picture) in enumerate(zip(scenes, renderer.render([subject_id] * len(scenes), scenes))):
+        subjects = [subject_id] * len(scenes)
+        pictures, masks = renderer.render(subjects, scenes), renderer.subject_mask(subjects, scenes)
+        for k, (scene_id, picture, mask) in enumerate(zip(scenes, pictures, masks)):
             for kind, caption in (("images", image_caption), ("views", view_caption)):
                 path = folder / kind / f"{subject_id:03d}" / f"{k}.png"
                 world.save_png(picture, path)
+                world.save_png(mask, path.with_name(path.stem + LOSS_MASK_SUFFIX))
                 path.with_suffix(".txt").write_text(caption(subject_id, scene_id))
     manifests = []
     for name, build in (("images", lambda: images_manifest(folder / "images", progress=progress)),

@@ -170,6 +170,13 @@ class Renderer:
         return (paint(self.backgrounds, background) * (1 - body) + paint(self.colours, colour) * (body - marked)
                 + paint(self.marks, mark) * marked)
 
+    def subject_mask(self, subject_ids, scene_ids):
+        """The subject's exact (anti-aliased) coverage of each picture render() draws: [N, 32, 32] in [0, 1]."""
+        subject_ids, scene_ids = torch.as_tensor(subject_ids).long(), torch.as_tensor(scene_ids).long()
+        shape = self.subjects[subject_ids][:, SUBJECT_ATTRIBUTES.index("shape")]
+        _, position, size = self.scenes[scene_ids].unbind(-1)
+        return self.body[shape, size, position]
+
 
 # --- Words -------------------------------------------------------------------------------------
 
@@ -189,6 +196,7 @@ VOCABULARY = ("<pad>", "a", "at", "the", "on", *SHAPES, *COLOURS, *POSITIONS, *S
 
 
 def save_png(picture, path):
+    """A picture [32, 32, 3] (RGB) or a mask [32, 32] (greyscale) in [0, 1] as an 8-bit PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((picture.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(path)
 

@@ -47,3 +47,15 @@ def test_training_data_holds_out_the_evaluation_subjects(tmp_path):
         assert sample.modality == "multiview" and reference != target
         assert reference.split("/")[-2] == target.split("/")[-2]  # one subject's two views
         assert sample.caption == (tmp_path / "views" / target.split("/views/")[1]).with_suffix(".txt").read_text()
+    # every picture's loss mask is its subject's exact mask, and the manifests name it for the target
+    from PIL import Image
+    renderer = world.Renderer()
+    for sample in image_samples + view_samples:
+        assert sample.loss_mask == sample.target[:-len(".png")] + ".loss.mask.png" and sample.mask is None
+    for sample in image_samples[:3]:
+        picture = np.asarray(Image.open(sample.target), dtype=np.float32) / 255
+        mask = np.asarray(Image.open(sample.loss_mask), dtype=np.float32) / 255
+        subject = int(sample.target.split("/")[-2])
+        scene = next(c for c in range(world.NUM_SCENES)
+                     if np.abs(renderer.render([subject], [c])[0].numpy() - picture).max() < 1 / 255)
+        assert np.abs(mask - renderer.subject_mask([subject], [scene])[0].numpy()).max() < 1 / 255  # 8-bit

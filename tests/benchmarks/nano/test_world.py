@@ -1,6 +1,7 @@
 """The miniature's world (benchmarks/nano/world.py): ids, the held-out split, rendering, words."""
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.nano import world
 
@@ -39,6 +40,21 @@ def test_render_paints_the_palette_where_the_masks_are_whole(renderer):
     # bars: the vertical band at u in [-0.5, 0) is the mark colour, u in [0, 0.5) the body's
     assert picture[16, 21].tolist() == pytest.approx([c / 255 for c in world.MARKS["pink"]])
     assert picture[16, 25].tolist() == pytest.approx([c / 255 for c in world.COLOURS["green"]])
+
+
+def test_subject_mask_is_where_the_picture_is_not_background(renderer):
+    """The mask is the subject's coverage: 0 exactly where the picture shows the background's colour,
+    fractional on the anti-aliased edge, 1 inside."""
+    subjects = [world.Subject("triangle", "red", "spot", "white").id,
+                world.Subject("circle", "blue", "half", "cyan").id]
+    scenes = [world.Scene("grass", "left", "small").id, world.Scene("snow", "centre", "large").id]
+    pictures, masks = renderer.render(subjects, scenes), renderer.subject_mask(subjects, scenes)
+    assert masks.shape == (2, 32, 32) and masks.min() >= 0 and masks.max() <= 1
+    for picture, mask, background in zip(pictures, masks, ("grass", "snow")):
+        colour = torch.tensor(world.BACKGROUNDS[background]) / 255
+        is_background = (picture - colour).abs().amax(-1) < 1e-6
+        assert torch.equal(is_background, mask == 0) and (mask == 1).any() and ((mask > 0) & (mask < 1)).any()
+    assert (masks[1] > 0).sum() > 2 * (masks[0] > 0).sum()  # a large circle against a small triangle
 
 
 def test_captions_never_name_the_reference_only_attributes():
