@@ -34,7 +34,8 @@ class Validator:
         """{(reference name, prompt, gamma): image [H, W, 3]} through the nodes."""
         import comfy.sample
         nodes = import_pack().nodes
-        flexip = copy.deepcopy(flexip).eval().cpu()  # the nodes move modules between devices
+        # A copy: ComfyUI's model management, which the nodes load it through, moves it between devices.
+        flexip = nodes.managed.ManagedFlexIP(copy.deepcopy(flexip).eval().cpu())
         opts, images = self.options, {}
         negative = self.conditioning("")
         for name, image in self.references:

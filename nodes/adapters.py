@@ -13,15 +13,12 @@ from .errors import FlexIPInputError
 
 
 @torch.no_grad()
-def run_adapter(adapter, fn, inputs):
-    """{kind: fn(adapter, *args)} for inputs {kind: args} (tensors or ReferenceFeatures), run on
-    ComfyUI's compute device with one move of the adapter there and back."""
-    device = comfy.model_management.get_torch_device()
-    adapter.to(device)
-    try:
-        return {kind: fn(adapter, *(a.to(device) for a in args)).float().cpu() for kind, args in inputs.items()}
-    finally:
-        adapter.to(comfy.model_management.unet_offload_device())
+def run_adapter(flexip, adapter, fn, inputs):
+    """{kind: fn(adapter, *args)} for inputs {kind: args} (tensors or ReferenceFeatures), run where
+    ComfyUI's model management loads the FlexIP module (flexip, a ManagedFlexIP, holds adapter)."""
+    device = flexip.load()
+    return {kind: fn(adapter, *(a.to(device) for a in args)).float().to(comfy.model_management.intermediate_device())
+            for kind, args in inputs.items()}
 
 
 def text_embeds(node, input_name, conditioning, config):
@@ -53,7 +50,7 @@ class PreservationAdapter:
         }}
 
     def apply(self, flexip, reference):
-        return (run_adapter(flexip.preservation, preservation_tokens,
+        return (run_adapter(flexip, flexip.preservation, preservation_tokens,
                             {COND: (reference,), UNCOND: (reference.dropped(),)}),)
 
 
@@ -85,5 +82,5 @@ class PersonalizationAdapter:
         config = flexip.config
         cond_text = text_embeds("PersonalizationAdapter", "positive", positive, config)
         uncond_text = cond_text if negative is None else text_embeds("PersonalizationAdapter", "negative", negative, config)
-        return (run_adapter(flexip.personalization, personalization_tokens,
+        return (run_adapter(flexip, flexip.personalization, personalization_tokens,
                             {COND: (cond_text, reference), UNCOND: (uncond_text, reference.dropped())}),)

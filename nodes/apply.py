@@ -4,6 +4,7 @@ import math
 
 import torch
 
+import comfy.model_management
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 
@@ -108,10 +109,13 @@ class GatedApply:
             schedule = SigmaSchedule(schedule, SigmaFractions(sampling.percent_to_sigma))
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         flexip_patches = dict(patched.model_options.get("transformer_options", {}).get(FLEXIP_PATCHES, {}))
+        device = flexip.load()  # the projections run where ComfyUI's model management put the module
+        kv_device = comfy.model_management.intermediate_device()
         for key in flexip.projections.keys:
             kv_p, kv_s = {}, {}
             for kind in preservation:
-                (kv_p[kind], kv_s[kind]) = flexip.projections[key](preservation[kind], personalization[kind])
+                branches = flexip.projections[key](preservation[kind].to(device), personalization[kind].to(device))
+                (kv_p[kind], kv_s[kind]) = [(k.to(kv_device), v.to(kv_device)) for k, v in branches]
             wrapped = existing.get(key) or existing.get(key[:2])  # another pack's patch on this layer
             flexip_patches[key] = GatedAttention(key, kv_p, kv_s, gamma, strength, optimized_attention, sigma_window,
                                                  wrapped, on_call=log_call, schedule=schedule,

@@ -5,20 +5,11 @@ import folder_paths
 
 from ..flexip_core.weights import FlexIPWeightError, load_flexip
 from .errors import FlexIPInputError
+from .managed import ManagedFlexIP
 
 FOLDER = "flexip"
 # Registered at import, beside any "flexip:" entries of the user's extra_model_paths.yaml.
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-
-_cache = {}  # full path -> (modification time, FlexIP)
-
-
-def load_cached(path):
-    mtime = os.path.getmtime(path)
-    cached = _cache.get(path)
-    if cached is None or cached[0] != mtime:
-        _cache[path] = (mtime, load_flexip(path))
-    return _cache[path][1]
 
 
 class FlexIPLoader:
@@ -53,8 +44,10 @@ class FlexIPLoader:
         return True
 
     def load(self, flexip_name):
+        # No cache of our own: ComfyUI's output cache (keyed by IS_CHANGED's mtime) keeps the result,
+        # and a module held here would survive "Unload models" / POST /free.
         path = folder_paths.get_full_path_or_raise(FOLDER, flexip_name)
         try:
-            return (load_cached(path),)
+            return (ManagedFlexIP(load_flexip(path)),)
         except FlexIPWeightError as e:
             raise FlexIPInputError("FlexIPLoader", "flexip_name", str(e), "choose a FlexIP weight file.") from e

@@ -17,8 +17,8 @@ import random_models
 
 
 @pytest.fixture(scope="module")
-def flexip(comfy):  # building the file reads the checkpoint, which ComfyUI's classes build
-    return load_flexip(random_models.flexip_sd15())
+def flexip(comfy, pack):  # building the file reads the checkpoint, which ComfyUI's classes build
+    return pack.nodes.managed.ManagedFlexIP(load_flexip(random_models.flexip_sd15()))
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import random_models
 
 
 @pytest.fixture(scope="module")
-def flexip():
-    return load_flexip(random_models.flexip_sd15())
+def flexip(pack):
+    return pack.nodes.managed.ManagedFlexIP(load_flexip(random_models.flexip_sd15()))
 
 
 @pytest.fixture(scope="module")

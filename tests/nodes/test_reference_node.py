@@ -85,7 +85,7 @@ def encoded(comfy, pack):
 
     import random_models
     from flexip_core.weights import load_flexip
-    flexip = load_flexip(random_models.flexip_sd15())
+    flexip = pack.nodes.managed.ManagedFlexIP(load_flexip(random_models.flexip_sd15()))
     clip_vision = comfy.clip_vision.load(str(random_models.clip_vit_h()))
     dino = comfy.clip_vision.load(str(random_models.dinov2_large()))
     prompt = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(9)), {}]]

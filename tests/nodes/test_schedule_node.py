@@ -22,8 +22,8 @@ SWEEP = "0.2, 0.9, 0.55"
 
 
 @pytest.fixture(scope="module")
-def flexip():
-    return load_flexip(random_models.flexip_sd15())
+def flexip(pack):
+    return pack.nodes.managed.ManagedFlexIP(load_flexip(random_models.flexip_sd15()))
 
 
 def tokens(prompt_tokens):

@@ -18,14 +18,14 @@ def features(config, references=2, combine="concat", seed=0):
 
 
 @pytest.fixture(scope="module")
-def flexip():
+def flexip(pack):
     """FlexIP(tiny) with every parameter random (zero-initialised ones too), so a swap shows."""
     torch.manual_seed(0)
     model = FlexIP(TINY).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p))
-    return model
+    return pack.nodes.managed.ManagedFlexIP(model)
 
 
 @pytest.fixture

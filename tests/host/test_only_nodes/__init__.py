@@ -4,6 +4,7 @@ attn2 patch, for the stacking tests."""
 import torch
 
 from .attn2_patch import FlexIPTestAttn2Patch
+from .memory_probe import FlexIPTestLoadedModels
 
 
 class FlexIPTestEmptyImageBatch:
@@ -20,4 +21,5 @@ class FlexIPTestEmptyImageBatch:
 
 
 NODE_CLASS_MAPPINGS = {"FlexIPTestEmptyImageBatch": FlexIPTestEmptyImageBatch,
-                       "FlexIPTestAttn2Patch": FlexIPTestAttn2Patch}
+                       "FlexIPTestAttn2Patch": FlexIPTestAttn2Patch,
+                       "FlexIPTestLoadedModels": FlexIPTestLoadedModels}

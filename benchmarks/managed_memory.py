@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Benchmark: what the real ComfyUI server keeps in memory after the basic FlexIP workflow and
+POST /free {"unload_models": true, "free_memory": true} (ComfyUI's "Unload models" + "Free model
+and node cache"), for this checkout of the pack and, with --baseline, another one (e.g. a git
+worktree of an earlier commit) in the same run.
+
+Per checkout, one fresh server (the pinned test host on the CPU, the full-shape random model files
+of scripts/random_models.py) with only that checkout in its custom_nodes (a temporary
+--base-directory): the basic API workflow at --size px and --steps steps, then /free, then the
+same workflow again. The server's RSS (VmRSS) and peak RSS (VmHWM) come from /proc/PID/status:
+idle, after the first run, after /free (the lowest of samples over --settle seconds; the worker
+thread handles the flags after a tiny wake-up prompt, collects garbage, then memory settles),
+after the second run. The second run's wall time shows the cost of loading again what /free
+released.
+
+Run:  .host/venv/bin/python benchmarks/managed_memory.py [--baseline /tmp/wt-old] [--size 64] [--steps 2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import comfy_server  # noqa: E402
+import flexip_client  # noqa: E402
+import host  # noqa: E402
+
+MIB = 2**20
+WAKE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, help="another checkout of the pack to measure first, for comparison")
+    p.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
+    p.add_argument("--steps", type=int, default=2, help="sampling steps (default 2)")
+    p.add_argument("--settle", type=float, default=8.0, help="seconds to sample RSS after /free (default 8)")
+    return p.parse_args()
+
+
+def model_files():
+    """The random full-shape files (built once, cached in .host/models), by their names in ComfyUI."""
+    sys.path.insert(0, str(host.COMFYUI))
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True  # random_models builds with ComfyUI's classes when a file is missing
+    import random_models
+    return {"checkpoint": random_models.sd15_checkpoint().name, "clip_vision": random_models.clip_vit_h().name,
+            "dino": random_models.dinov2_large().name, "flexip": random_models.flexip_sd15().name}
+
+
+def memory(pid):
+    """(VmRSS, VmHWM) of a process in bytes."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return tuple(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
+
+
+def reference_image(folder):
+    import numpy as np
+    from PIL import Image
+    pixels = (np.random.RandomState(0).rand(120, 96, 3) * 255).astype("uint8")
+    path = folder / "flexip_memory_reference.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def measure(pack, files, args, folder):
+    """One server with `pack` as its only custom node: {stage: (rss, hwm)} and the runs' wall times."""
+    base = folder / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "comfyui-flexip").symlink_to(pack.resolve(), target_is_directory=True)
+    port = comfy_server.free_port()
+    log_path = folder / "server.log"
+    comfy_server.RUN.mkdir(parents=True, exist_ok=True)
+    cmd = [str(host.PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--base-directory", str(base),
+           "--extra-model-paths-config", str(comfy_server.write_model_paths()), "--database-url", "sqlite:///:memory:"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(cmd, cwd=host.COMFYUI, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ComfyUI did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        client = flexip_client.Client(url)
+        workflow = json.loads((REPO / "example_workflows" / "api" / "flexip_basic_api.json").read_text())
+        prompt = flexip_client.override(workflow, image=client.upload_image(reference_image(folder)),
+                                        models=files, size=args.size, steps=args.steps, seed=1)
+        stages, times = {"idle": memory(server.pid)}, {}
+        for run in ("first run", "second run"):
+            start = time.perf_counter()
+            client.run(prompt)
+            times[run] = time.perf_counter() - start
+            stages[f"after {run}"] = memory(server.pid)
+            if run == "first run":
+                client.post_json("/free", {"unload_models": True, "free_memory": True})
+                # The worker thread reads the flags when it wakes; still busy after the last prompt
+                # (its garbage collection), it misses the wake-up and would wait for the next prompt
+                # (ComfyUI 0.3.75). A tiny prompt wakes it; the flags are handled right after it.
+                client.run(WAKE)
+                samples, end = [], time.time() + args.settle
+                while time.time() < end:
+                    time.sleep(0.25)
+                    samples.append(memory(server.pid))
+                stages["after /free"] = min(samples)
+        return stages, times, log_path.read_text().count("Requested to load FlexIP")
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main():
+    args = parse_args()
+    files = model_files()
+    packs = ([("baseline", args.baseline)] if args.baseline else []) + [("this checkout", REPO)]
+    results = {}
+    for name, pack in packs:
+        with tempfile.TemporaryDirectory(prefix="flexip-memory-") as folder:
+            print(f"{name}: {pack}", flush=True)
+            results[name] = measure(pack, files, args, Path(folder))
+    print(f"\nbasic workflow, {args.size} px, {args.steps} steps, CPU; server RSS / peak RSS (VmHWM) in MiB")
+    print(f"{'':28}" + "".join(f"{name:>24}" for name in results))
+    for stage in results[packs[-1][0]][0]:
+        print(f"{stage:28}" + "".join(f"{r[0][stage][0] / MIB:>13.0f} / {r[0][stage][1] / MIB:>7.0f}"
+                                      for r in results.values()))
+    for run in ("first run", "second run"):
+        print(f"{run + ' wall (s)':28}" + "".join(f"{r[1][run]:>24.1f}" for r in results.values()))
+    print(f"{'FlexIP loads by model mgmt':28}" + "".join(f"{r[2]:>24}" for r in results.values()))
+    if args.baseline:
+        (old, old_t, _), (new, new_t, _) = results["baseline"], results["this checkout"]
+        print("\nthis checkout against the baseline:")
+        for stage in new:
+            print(f"  {stage:26} RSS {(new[stage][0] - old[stage][0]) / MIB:+7.0f} MiB "
+                  f"(x{new[stage][0] / old[stage][0]:.3f}), peak {(new[stage][1] - old[stage][1]) / MIB:+7.0f} MiB "
+                  f"(x{new[stage][1] / old[stage][1]:.3f})")
+        freed_old, freed_new = old["after first run"][0] - old["after /free"][0], new["after first run"][0] - new["after /free"][0]
+        print(f"  freed by /free: baseline {freed_old / MIB:.0f} MiB, this checkout {freed_new / MIB:.0f} MiB "
+              f"({(freed_new - freed_old) / MIB:+.0f} MiB)")
+        print(f"  second run wall: x{new_t['second run'] / old_t['second run']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
