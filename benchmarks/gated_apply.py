@@ -19,14 +19,24 @@ that apply_model call (synchronising first if on a GPU); the wall time of the wh
 call (setup + CFG + euler) is reported beside it. Conditions run interleaved, the order rotated
 every round (ABC BCA CAB ...), after warm-up rounds that are not counted; medians are reported.
 
+Other versions of the patch, kept in this script only, are timed at the first gamma as further
+conditions (--variants): "layout" (each branch's output kept in the attention's [B, heads, N,
+dim_head] layout and added through a transposed view, one copy per branch less) and "fused"
+(both branches and all CFG chunks in one attention call, key sets zero-padded and masked). The ratio
+of the pack's patch to each is printed, and how far their outputs differ.
+
 Where the patch time goes: the 16 patch calls of one step are captured and replayed layer by
 layer (interleaved, medians): the layer's own attention alone (what the unpatched model runs)
-against the patch.
+against the patch and each variant, once as captured and once with only the first 16 query
+tokens, where the arithmetic is negligible and the time is the per-call overhead (Python,
+dispatch, kernel launches) that a launch-bound GPU step pays.
 
 Run:  .host/venv/bin/python benchmarks/gated_apply.py [--steps 7] [--latent 64] [--threads N]
 """
 import argparse
 import contextlib
+import copy
+import functools
 import gc
 import importlib.util
 import os
@@ -53,6 +63,9 @@ def parse_args():
     p.add_argument("--gammas", default="0.5,1.0", help="gammas to time with FlexIP on (default 0.5,1.0)")
     p.add_argument("--ref-runs", type=int, default=3, help="timed ReferenceEncoder / adapter runs (default 3)")
     p.add_argument("--replay-reps", type=int, default=5, help="replays of each captured patch call (default 5)")
+    p.add_argument("--variants", default="layout,fused",
+                   help="other versions of the patch to time at the first gamma, of: layout, fused "
+                        "(default both; '' for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", choices=("auto", "yes", "no"), default="auto",
                    help="torch.profiler on one step of off and gamma=0.5 (auto: when the ratio is above 1.03)")
@@ -96,6 +109,78 @@ def model_files(folder_paths):
     for folder, key in (("checkpoints", "checkpoints"), ("clip_vision", "clip_vit_h"), ("flexip", "flexip")):
         folder_paths.add_model_folder_path(folder, str(files[key].parent))
     return files
+
+
+# --- other versions of the patch, kept here only to be timed against the pack's -------------
+# Each is swapped into flexip_core.patch (its weighted_branches and inject) for one condition.
+
+def layout_inject(q, base, terms, heads, attention):
+    """layout: the pack's inject with the branches kept in the attention's own [B, heads, N,
+    dim_head] layout (skip_reshape, skip_output_reshape) and their outputs added to base through
+    transposed views: no copy of each output back to [B, N, inner] (a kernel launch per branch on
+    a GPU). Bit-identical with PyTorch's attention; sub_quad rounds K's products in another order."""
+    import torch
+
+    def split_heads(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+    q = split_heads(q)
+    out = base.unflatten(-1, (heads, -1))
+    for pairs in terms:
+        outputs = [attention(q_chunk, split_heads(k), split_heads(v), heads, skip_reshape=True, skip_output_reshape=True)
+                   for q_chunk, (k, v) in zip(q.chunk(len(pairs)), pairs)]
+        out = out + (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).transpose(1, 2)
+    return out.flatten(-2)
+
+
+def fused_weighted_branches(branch_p, branch_s, gamma, strength, chunk_kinds, batch, like):
+    """fused: both branches over all CFG chunks stacked along the batch for ONE attention call, the
+    key sets zero-padded to one length (a multiple of 16, the alignment PyTorch's masked CUDA
+    kernel wants) and masked with -inf, so padding gets weight exactly 0.
+    Returns (K, V, additive mask [count * batch, 1, N] or None, count of branches)."""
+    import torch
+    import torch.nn.functional as F
+    rows = batch // len(chunk_kinds)
+    if torch.is_tensor(gamma):
+        gamma = gamma.to(like).view(-1, 1, 1)
+    keys, values = [], []
+    for weight, branch in ((gamma, branch_p), (1.0 - gamma, branch_s)):
+        if not torch.is_tensor(weight) and weight == 0:
+            continue
+        weight = strength * weight
+        for i, kind in enumerate(chunk_kinds):
+            k, v = (t.to(like).expand(rows, -1, -1) for t in branch[kind])
+            keys.append(k)
+            values.append(v * (weight[i * rows:(i + 1) * rows] if torch.is_tensor(weight) else weight))
+    count = len(keys) // len(chunk_kinds)
+    lengths = [k.shape[1] for k in keys]
+    if len(set(lengths)) == 1:
+        return torch.cat(keys), torch.cat(values), None, count
+    n = -(-max(lengths) // 16) * 16
+    k, v = (torch.cat([F.pad(t, (0, 0, 0, n - t.shape[1])) for t in ts]) for ts in (keys, values))
+    mask = torch.cat([F.pad(like.new_zeros(rows, 1, length), (0, n - length), value=float("-inf")) for length in lengths])
+    return k, v, mask, count
+
+
+def fused_inject(q, base, fused, heads, attention):
+    k, v, mask, count = fused
+    out = attention(q if count == 1 else q.repeat(count, 1, 1), k, v, heads, mask=mask)
+    return base + (out if count == 1 else out.unflatten(0, (count, -1)).sum(0))
+
+
+VARIANTS = {"layout": (None, layout_inject), "fused": (fused_weighted_branches, fused_inject)}
+
+
+@contextlib.contextmanager
+def patch_variant(patch_module, name):
+    """GatedAttention runs variant `name` inside this block (None: the pack's own)."""
+    saved = patch_module.weighted_branches, patch_module.inject
+    if name is not None:
+        build, inject = VARIANTS[name]
+        patch_module.weighted_branches, patch_module.inject = build or saved[0], inject
+    try:
+        yield
+    finally:
+        patch_module.weighted_branches, patch_module.inject = saved
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -188,6 +273,7 @@ def main():
     pack = import_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
     apply_mod = sys.modules[f"{PACKAGE}.nodes.apply"]
+    patch_mod = sys.modules[f"{PACKAGE}.flexip_core.patch"]
     device = comfy.model_management.get_torch_device()
     clock = Clock(torch, device)
     files = model_files(folder_paths)
@@ -268,6 +354,13 @@ def main():
             (models[f"gamma={gamma:g}"],), dt = clock(gapply.apply, base, flexip, P, S, gamma, 1.0, 0.0, 1.0)
             rows.append(("apply", f"GatedApply.apply gamma={gamma:g} (K/V precompute)", f"{dt * 1e3:.0f} ms"))
         on = f"gamma={gammas[0]:g}"
+        variants = [v for v in args.variants.split(",") if v.strip()]
+        variant_of = {}  # condition label -> variant name
+        for variant in variants:
+            if variant not in VARIANTS:
+                sys.exit(f"--variants: unknown {variant!r}; known: {', '.join(VARIANTS)}")
+            (models[f"{variant} {on}"],) = gapply.apply(base, flexip, P, S, gammas[0], 1.0, 0.0, 1.0)
+            variant_of[f"{variant} {on}"] = variant
         patches = models[on].model_options["transformer_options"]["patches_replace"]["attn2"]
         _, dt = clock(models[on].clone)
         rows.append(("apply", "ModelPatcher.clone() of the patched model",
@@ -279,8 +372,9 @@ def main():
 
         def step(label):
             timer.label = label
-            out, dt = clock(comfy.sample.sample, models[label], noise, 1, 7.5, "euler", "normal", positive, negative,
-                            latent, denoise=1.0, disable_pbar=True, seed=args.seed)
+            with patch_variant(patch_mod, variant_of.get(label)):
+                out, dt = clock(comfy.sample.sample, models[label], noise, 1, 7.5, "euler", "normal", positive,
+                                negative, latent, denoise=1.0, disable_pbar=True, seed=args.seed)
             timer.label = None
             return out, dt
 
@@ -316,6 +410,11 @@ def main():
             rows.append(("unet", f"ratio {k} / off", f"wall {unet[k] / unet['off']:.4f} (median of paired ratios "
                                                     f"{paired:.4f}); CPU {cpu[k] / cpu['off']:.4f}; "
                                                     f"sample() wall {median(walls[k]) / median(walls['off']):.4f}"))
+        for label in variant_of:
+            paired = median([a / b for a, b in zip(timer.times[on], timer.times[label])])
+            rows.append(("unet", f"ratio {on} / {label} (the pack's patch / that variant)",
+                         f"wall {unet[on] / unet[label]:.4f} (median of paired ratios {paired:.4f}); "
+                         f"CPU {cpu[on] / cpu[label]:.4f}"))
         if "gamma=0.5" in unet and "gamma=1" in unet:
             rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)",
                          f"wall {unet['gamma=0.5'] / unet['gamma=1']:.4f}; CPU {cpu['gamma=0.5'] / cpu['gamma=1']:.4f}"))
@@ -327,6 +426,9 @@ def main():
         diff = float((outputs[on][0] - outputs["off"][0]).abs().max())
         rows.append(("check", "max |output - first output| within a condition", f"{same:.3g}"))
         rows.append(("check", f"max |output {on} - output off|", f"{diff:.3g}"))
+        for label in variant_of:
+            rows.append(("check", f"max |output {on} - output {label}|",
+                         f"{float((outputs[on][0] - outputs[label][0]).abs().max()):.3g}"))
 
         # Where the patch time goes: capture the 16 patch calls of one step (not part of the timings
         # above), then replay them layer by layer, interleaved: the layer's own attention (what the
@@ -345,28 +447,55 @@ def main():
             step(on)
         finally:
             cls.__call__ = orig_call
+        variant_patches = {}  # (variant, id(patch)) -> a copy with its own cache (the variant's own K/V layout)
+        for variant in variants:
+            for patch, *_ in captured:
+                variant_patches[variant, id(patch)] = copy.copy(patch)
+                variant_patches[variant, id(patch)].terms = {}
         rows.append(("patch", f"patch calls in one {on} forward",
                      f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
                      f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})"))
         optimized_attention = apply_mod.optimized_attention
-        per = {"base": [], "patch": []}
-        for rep in range(args.replay_reps + 1):
-            for i, (patch, q, k, v, ex) in enumerate(captured):
-                heads, prec = ex["n_heads"], ex.get("attn_precision")
-                runs = (("base", lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
-                        ("patch", lambda: patch(q, k, v, ex)))
-                for name, fn in (runs if rep % 2 == 0 else runs[::-1]):
-                    _, dt = clock(fn)
-                    if rep:  # rep 0 warms up
-                        if len(per[name]) <= i:
-                            per[name].append([])
-                        per[name][i].append(dt)
-        layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
-        extra_now = layer_sum["patch"] - layer_sum["base"]
-        rows.append(("patch", f"replay of the 16 layers, median of {args.replay_reps} each, summed",
-                     ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in layer_sum.items())))
-        rows.append(("patch", "FlexIP's added time per UNet forward (patch - base)",
-                     f"{extra_now * 1e3:.1f} ms = {extra_now / unet['off'] * 100:.2f}% of an off forward"))
+        # Each call is also replayed with its first 16 query tokens only: then the arithmetic is
+        # negligible and the time is the per-call overhead (Python, dispatch, launches), what a
+        # launch-bound GPU step pays.
+        for tokens in (None, 16):
+            per = {name: [] for name in ["base", "patch"] + variants}
+            peak = {name: 0 for name in per}
+            for rep in range(args.replay_reps + 1):
+                for i, (patch, q, k, v, ex) in enumerate(captured):
+                    q = q if tokens is None else q[:, :tokens]
+                    heads, prec = ex["n_heads"], ex.get("attn_precision")
+                    runs = [("base", None, lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
+                            ("patch", None, lambda: patch(q, k, v, ex))]
+                    runs += [(variant, variant, functools.partial(variant_patches[variant, id(patch)], q, k, v, ex))
+                             for variant in variants]
+                    for name, variant, fn in (runs if rep % 2 == 0 else runs[::-1]):
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats()
+                            before = torch.cuda.memory_allocated()
+                        with patch_variant(patch_mod, variant):
+                            _, dt = clock(fn)
+                        if device.type == "cuda":
+                            peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
+                        if rep:  # rep 0 warms up
+                            if len(per[name]) <= i:
+                                per[name].append([])
+                            per[name][i].append(dt)
+            layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
+            extra_now = layer_sum["patch"] - layer_sum["base"]
+            what = "" if tokens is None else f" at {tokens} query tokens (per-call overhead)"
+            rows.append(("patch", f"replay of the 16 layers{what}, median of {args.replay_reps} each, summed",
+                         ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in layer_sum.items())))
+            rows.append(("patch", f"FlexIP's added time per UNet forward{what} (patch - base)",
+                         f"{extra_now * 1e3:.2f} ms" + ("" if tokens else f" = {extra_now / unet['off'] * 100:.2f}% of an off forward")))
+            for variant in variants:
+                extra = layer_sum[variant] - layer_sum["base"]
+                rows.append(("patch", f"  {variant}{what} ({variant} - base)",
+                             f"{extra * 1e3:.2f} ms" + ("" if tokens else f" = {extra / unet['off'] * 100:.2f}%")))
+            if device.type == "cuda" and tokens is None:
+                rows.append(("patch", "largest CUDA memory a single call added (peak - before)",
+                             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items())))
         del captured
         gc.collect()
 
@@ -375,11 +504,12 @@ def main():
         rows.append(("memory", "K/V in the 16 patches (precomputed + weighted per batch layout)", f"{tensor_bytes(kv) / 2**20:.1f} MiB "
                                                                                        f"({len(kv)} tensors, all devices)"))
         rows.append(("memory", "P + S tokens (node outputs)", f"{tensor_bytes(list(walk_tensors([P, S]))) / 2**20:.2f} MiB"))
-        rows.append(("memory", "FlexIP module", f"{module_bytes(flexip) / 2**20:.0f} MiB (preservation "
-                                                f"{module_bytes(flexip.preservation) / 2**20:.0f}, personalization "
-                                                f"{module_bytes(flexip.personalization) / 2**20:.0f}, projections "
-                                                f"{module_bytes(flexip.projections) / 2**20:.0f}); dtype "
-                                                f"{next(flexip.parameters()).dtype}"))
+        module = getattr(flexip, "module", flexip)  # the loader's output holds the module, or is it
+        rows.append(("memory", "FlexIP module", f"{module_bytes(module) / 2**20:.0f} MiB (preservation "
+                                                f"{module_bytes(module.preservation) / 2**20:.0f}, personalization "
+                                                f"{module_bytes(module.personalization) / 2**20:.0f}, projections "
+                                                f"{module_bytes(module.projections) / 2**20:.0f}); dtype "
+                                                f"{next(module.parameters()).dtype}"))
         rows.append(("memory", "peak RSS while the encoders were loaded (VmHWM)", f"{hwm_encoders / 1024:.2f} GiB"))
         rows.append(("memory", "RSS now", f"{rss_mib('VmRSS') / 1024:.2f} GiB"))
         rows.append(("memory", "process peak RSS (ru_maxrss)",

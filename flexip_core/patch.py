@@ -54,8 +54,9 @@ class GatedAttention:
     [1 or rows, N, inner]. gamma: a number, or a tensor [rows] of per-sample gammas, one per row
     of each CFG chunk (every chunk gets the same rows' gammas: a gamma sweep over a latent batch;
     training's gate, whose batch is one COND chunk).
-    attention(q, k, v, heads, attn_precision=None): the host's attention (ComfyUI's
-    optimized_attention), so the branches run exactly the kernel the layer itself runs.
+    attention(q, k, v, heads, attn_precision=None, **options): the host's attention (ComfyUI's
+    optimized_attention), so the branches run exactly the kernel the layer itself runs; other
+    options of it (mask, skip_reshape, ...) are passed through (benchmarks/gated_apply.py's variants).
     sigma_window: (start, end) sigmas outside which FlexIP is off, or None for every step.
     on_call: optional callback(key, chunks, gamma), e.g. a debug log.
     cache_terms: keep the weighted K/V per batch layout across calls (sampling). Training passes
@@ -93,8 +94,8 @@ class GatedAttention:
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
 
-        def attention(q_, k_, v_, heads_):
-            return self.attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"))
+        def attention(q_, k_, v_, heads_, **options):
+            return self.attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"), **options)
 
         base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
         if isinstance(self.strength, (int, float)) and self.strength == 0:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from flexip_core.injection import COND, UNCOND, attention_heads, gated_attention
+from flexip_core.injection import COND, UNCOND, attention_heads, gated_attention, inject, weighted_branches
 
 F64 = torch.float64
 HEADS, DIM_HEAD = 4, 8
@@ -211,3 +211,30 @@ def test_k_v_are_cast_to_the_query_dtype():
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
     want = ref_gated(q.double(), base.double(), bp, bs, 0.5, 1.0, kinds, 1)
     torch.testing.assert_close(out.double(), want, rtol=0.05, atol=0.05)
+
+
+def test_per_sample_gammas_with_different_token_counts_per_chunk():
+    """A tensor gamma (training's gate, a gamma sweep) weights each row's branches by its own gamma,
+    also when S has 154 tokens in the cond chunk and 77 in the uncond chunk."""
+    chunk, kinds = 3, [COND, UNCOND]
+    q = randn(6, NQ, INNER, seed=11)
+    base = randn(6, NQ, INNER, seed=12)
+    bp = {COND: kv(1, 20, 150), UNCOND: kv(1, 20, 160)}
+    bs = {COND: kv(1, 154, 170), UNCOND: kv(1, 77, 180)}
+    gammas = torch.tensor([0.1, 0.5, 0.95], dtype=F64)
+    out = gated_attention(q, base, bp, bs, gammas.repeat(2), 0.7, HEADS, kinds)
+    want = torch.cat([ref_gated(q[row:row + 1], base[row:row + 1], bp, bs, gammas[row % chunk].item(), 0.7,
+                                [kinds[row // chunk]], 1) for row in range(6)])
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch"])
+def test_comfyui_attention_backends_give_the_formula(comfy, setup, backend):
+    """Each ComfyUI attention the host may pick (CPU: sub_quad or pytorch; CUDA: pytorch;
+    --use-split-cross-attention: split; basic as the fallback) gives the formula in float64."""
+    import comfy.ldm.modules.attention as host_attention
+    attention = getattr(host_attention, backend)
+    q, base, bp, bs, kinds, chunk = setup
+    terms = weighted_branches(bp, bs, 0.3, 0.9, kinds, q.shape[0], q)
+    out = inject(q, base, terms, HEADS, attention)
+    torch.testing.assert_close(out, ref_gated(q, base, bp, bs, 0.3, 0.9, kinds, chunk), rtol=1e-12, atol=1e-12)
