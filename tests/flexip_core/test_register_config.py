@@ -1,6 +1,6 @@
-"""flexip_core.config.register_config, as the miniature uses it: the pack's weight loader accepts a
-file for a research base model once its configuration is registered, and only then; a shipped
-configuration cannot be replaced."""
+"""flexip_core.config.register_config (the miniature registers its nano configuration with it): the
+pack's weight loader accepts a file for a research base model once its configuration is registered,
+and only then; a shipped configuration cannot be replaced."""
 import dataclasses
 
 import pytest
