@@ -184,6 +184,21 @@ def evaluate(size, base, flexip, baseline, stages, facts, progress=True):
     return cases, results
 
 
+def drawability(size, base, cases, stages):
+    """The base model's reconstruction accuracy per attribute (drawability.py), cached."""
+    from .drawability import DENOISE, reconstruction_accuracy
+    from .scoring import PlacementDecoder
+
+    path = stages.folder("drawability") / "accuracy.json"
+    settings = [size.eval_subjects, size.cases_per_subject, list(size.seeds), dataclasses.asdict(size.sampling), DENOISE]
+    if not stages.current("drawability", settings, ["world", "evaluate", "scoring", "drawability"], ["base"]):
+        accuracy, pictures = reconstruction_accuracy(base, cases, size.seeds, size.sampling, PlacementDecoder())
+        path.write_text(json.dumps(accuracy, indent=1))
+        np.savez_compressed(path.with_name("reconstructions.npz"), pictures=pictures)
+        stages.done()
+    return json.loads(path.read_text())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,11 +228,14 @@ def main(argv=None):
     start = time.time()
     base, flexip, baseline, stages, facts = build(size, cache, args.rebuild, progress)
     cases, results = evaluate(size, base, flexip, baseline, stages, facts, progress)
+    drawable = drawability(size, base, cases, stages)
+    log("drawability: the base's reconstruction accuracy per attribute: "
+        + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
     facts["wall_time"] = time.time() - start
     facts["stage_seconds"] = {name: stages.seconds(name) for name in
-                              ("data", "encoders", "base", "flexip", "baseline", "evaluation")
+                              ("data", "encoders", "base", "flexip", "baseline", "evaluation", "drawability")
                               if (stages.folder(name) / "stamp.json").exists()}
-    summary = report.write_report(report_dir, size, cases, results, facts, cache)
+    summary = report.write_report(report_dir, size, cases, results, facts, cache, drawable)
     log(f"report: {report_dir / 'report.md'}")
     print(json.dumps(summary["targets"], indent=1))
     return summary

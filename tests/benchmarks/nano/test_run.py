@@ -52,7 +52,8 @@ def test_ci_run_builds_everything_and_writes_the_report(ci_run):
 
 def test_gamma_trades_the_prompt_for_the_reference(ci_run):
     _, summary, _ = ci_run
-    flexip, base = summary["FlexIP"], summary["base"]
+    first = summary["first_evaluator"]  # the scores these slacks were measured on
+    flexip, base = first["FlexIP"], first["base"]
     curve = flexip["mean_curve"]
     copied = [sum(c) / len(c) for c in zip(*flexip["attributes"]["reference_attributes"].values())]
     report = json.dumps({"prompt": flexip["prompt"], "identity": flexip["identity"], "copied": copied,
