@@ -14,6 +14,7 @@ any tensor is read, and nothing is ever unpickled (a pickled file is named from 
 """
 import json
 import os
+import tempfile
 from dataclasses import asdict
 
 import torch
@@ -61,14 +62,17 @@ def save_subject(reference: ReferenceFeatures, config, path):
                 "references": str(reference.clip_embeds.shape[0]), "combine": reference.combine}
     # Claim the name first ("x" fails if it exists), then write beside it and rename over the
     # claim: an existing subject is never replaced, and an interrupted save leaves no half file.
+    # The temporary name is short, so a name that fits the file system's limit still saves.
     open(path, "xb").close()
-    tmp = f"{path}.tmp"
+    tmp = None
     try:
+        handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        os.close(handle)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         for leftover in (tmp, path):
-            if os.path.exists(leftover):
+            if leftover and os.path.exists(leftover):
                 os.remove(leftover)
         raise
 

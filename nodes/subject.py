@@ -5,6 +5,7 @@ import re
 
 import folder_paths
 
+from ..flexip_core.file_names import FileNameError, check_prefix
 from ..flexip_core.subject_file import FlexIPSubjectError, load_subject, save_subject
 from .errors import FlexIPInputError
 
@@ -20,6 +21,18 @@ folder_paths.folder_names_and_paths[FOLDER] = (folder_paths.folder_names_and_pat
 def subjects_folder():
     """Where new subjects go: the first folder registered for flexip_subjects."""
     return os.path.abspath(folder_paths.get_folder_paths(FOLDER)[0])
+
+
+def file_suffix(counter):
+    return f"_{counter:05}{EXTENSION}"
+
+
+def checked_prefix(prefix, folder, counter):
+    """(subfolder, name) of a prefix whose file gets this counter, or the refusal naming node and input."""
+    try:
+        return check_prefix(prefix, folder, file_suffix(counter))
+    except FileNameError as e:
+        raise FlexIPInputError(SAVE, "filename_prefix", e.problem, e.fix) from None
 
 
 def first_free_counter(folder, name):
@@ -48,26 +61,38 @@ class SaveSubject:
             "reference": ("FLEXIP_REFERENCE", {"tooltip": "From ReferenceEncoder: the subject to save."}),
             "filename_prefix": ("STRING", {"default": "subject", "tooltip": "File name in models/flexip_subjects, "
                                            "without extension; a counter is added (subject_00001.safetensors). "
-                                           "'cats/tabby' saves in a subfolder."}),
+                                           "'cats/tabby' saves in a subfolder. Refused: '..', absolute paths, control "
+                                           "characters, the characters <>:\"|?*\\, Windows device names (CON, NUL, "
+                                           "COM1, ...), folder names ending in a dot or space, names too long "
+                                           "for the file system."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        # A typed prefix is refused when the prompt is queued, before any model loads (the first
+        # counter stands in for the one the save takes). A linked prefix arrives as None here and
+        # is checked by save().
+        if filename_prefix is not None:
+            try:
+                checked_prefix(filename_prefix, subjects_folder(), 1)
+            except FlexIPInputError as e:
+                return str(e)
+        return True
 
     def save(self, flexip, reference, filename_prefix):
         folder = subjects_folder()
-        target = os.path.abspath(os.path.join(folder, filename_prefix.strip()))
-        if not filename_prefix.strip() or os.path.commonpath((folder, target)) != folder or target == folder:
-            raise FlexIPInputError(SAVE, "filename_prefix", f"{filename_prefix!r} is not a file name inside "
-                                   f"models/flexip_subjects ({folder}).",
-                                   "use a name like 'my_cat' or 'cats/tabby' (no '..', no absolute path).")
-        subfolder, name = os.path.split(target)
-        os.makedirs(subfolder, exist_ok=True)
+        subfolder, name = checked_prefix(filename_prefix, folder, 1)
         counter = first_free_counter(subfolder, name)
+        subfolder, name = checked_prefix(filename_prefix, folder, counter)  # a longer counter may not fit
+        os.makedirs(subfolder, exist_ok=True)
         while True:  # another save may take a counter between the listing and the write
-            path = os.path.join(subfolder, f"{name}_{counter:05}{EXTENSION}")
+            path = os.path.join(subfolder, name + file_suffix(counter))
             try:
                 save_subject(reference, flexip.config, path)
                 break
             except FileExistsError:
                 counter += 1
+                checked_prefix(filename_prefix, folder, counter)
             except FlexIPSubjectError as e:
                 raise FlexIPInputError(SAVE, "reference", e.problem, e.fix) from e
         saved_as = os.path.relpath(path, folder).replace(os.sep, "/")

@@ -101,6 +101,28 @@ def test_a_subject_of_another_config_is_refused_by_name(client, test_prompt, sub
         json.dumps(refusal.value.details["node_errors"]["17"]["errors"])
 
 
+@pytest.mark.parametrize("prefix, problem", [
+    ("a" * 300, "is too long: the file name would be 318 bytes"),
+    ("a\x00b", "has a control character ('\\x00' at position 2)"),
+    ("COM1/tabby", "the folder name 'COM1' is a device name on Windows"),
+    ("cats./tabby", "the folder name 'cats.' ends with a dot"),
+    ("../../../escape", "is not a file name inside the subjects folder"),
+])
+def test_a_bad_prefix_is_refused_when_queued_and_the_server_keeps_serving(client, test_prompt, prefix, problem):
+    before = sorted(SUBJECTS.rglob("*")) if SUBJECTS.exists() else []
+    save = test_prompt("flexip_save_subject_api.json")
+    save["16"]["inputs"]["filename_prefix"] = prefix
+    with pytest.raises(ComfyError) as refusal:
+        client.queue(save)
+    (error,) = refusal.value.details["node_errors"]["16"]["errors"]
+    assert error["details"].startswith("filename_prefix - FlexIPSaveSubject, input 'filename_prefix': ")
+    assert problem in error["details"]
+    assert " Fix: " in error["details"]
+    assert (sorted(SUBJECTS.rglob("*")) if SUBJECTS.exists() else []) == before
+    assert client.get_json("/queue")["queue_pending"] == []  # refused before queueing
+    assert "FlexIPSaveSubject" in client.get_json("/object_info/FlexIPSaveSubject")  # still serving
+
+
 def test_style_transfer_workflow(client, test_prompt):
     """The shipped graph runs; the style image goes in through the LoadImage the client overrides,
     the content through the prompt titled Positive, at the gamma and strength the README gives."""

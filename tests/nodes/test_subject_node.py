@@ -107,14 +107,52 @@ def test_a_counter_taken_meanwhile_is_skipped(pack, flexip, folder, monkeypatch)
     assert (folder / "subject_00001.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("prefix", ["../escape", "/tmp/abs", "cats/../../escape", "", "   ", "."])
-def test_prefix_outside_the_folder_is_refused(pack, flexip, folder, prefix):
+BAD_PREFIXES = {  # prefix -> the start of the problem (flexip_core/test_file_names.py checks whole messages)
+    "../escape": "'../escape' is not a file name inside the subjects folder",
+    "/tmp/abs": "'/tmp/abs' is not a file name inside the subjects folder",
+    "cats/../../escape": "'cats/../../escape' is not a file name inside the subjects folder",
+    "": "'' is empty.",
+    "   ": "'   ' is empty.",
+    ".": "'.' is not a file name inside the subjects folder",
+    "a" * 300: f"{'a' * 57!r}... (300 characters) is too long: the file name would be 318 bytes",
+    "a\x00b": "'a\\x00b' has a control character ('\\x00' at position 2)",
+    "cats\x1b/tabby": "'cats\\x1b/tabby' has a control character ('\\x1b' at position 5)",
+    "CON/tabby": "'CON/tabby': the folder name 'CON' is a device name on Windows",
+    "nul.tabby": "'nul.tabby': the file name 'nul.tabby_00001.safetensors' is a device name on Windows",
+    "cats./tabby": "'cats./tabby': the folder name 'cats.' ends with a dot",
+    "cats /tabby": "'cats /tabby': the folder name 'cats ' ends with a space",
+    "c:tabby": "'c:tabby' has ':' (position 2), which Windows does not allow",
+}
+
+
+@pytest.mark.parametrize("prefix", BAD_PREFIXES, ids=lambda p: repr(p[:20]))
+def test_bad_prefix_is_refused_by_name_and_writes_nothing(pack, flexip, folder, prefix):
+    expected = f"FlexIPSaveSubject, input 'filename_prefix': {BAD_PREFIXES[prefix]}"
     with pytest.raises(ValueError) as refusal:
         save(pack, flexip, features(TINY), prefix)
-    message = str(refusal.value)
-    assert message.startswith("FlexIPSaveSubject, input 'filename_prefix': ") and "is not a file name inside models/flexip_subjects" in message
-    assert "Fix: use a name like 'my_cat' or 'cats/tabby'" in message
-    assert not list(folder.parent.rglob("*.safetensors"))
+    assert str(refusal.value).startswith(expected) and " Fix: " in str(refusal.value)
+    # The same message when the prompt is queued (a typed prefix), before anything runs.
+    assert pack.nodes.subject.SaveSubject.VALIDATE_INPUTS(prefix) == str(refusal.value)
+    assert [p.name for p in folder.parent.rglob("*")] == ["extra_subjects"]  # no file, no folder
+
+
+def test_a_linked_prefix_is_checked_when_saving(pack):
+    # ComfyUI passes a linked input to VALIDATE_INPUTS as None; save() checks it (above).
+    assert pack.nodes.subject.SaveSubject.VALIDATE_INPUTS(None) is True
+    assert pack.nodes.subject.SaveSubject.VALIDATE_INPUTS("cats/tabby") is True
+
+
+def test_a_counter_that_no_longer_fits_is_refused(pack, flexip, folder):
+    """A 237-byte name fits with the counter 99999 (255 bytes), not with 100000: the save stops there."""
+    name = "k" * 237
+    assert save(pack, flexip, features(TINY), name) == f"{name}_00001.safetensors"
+    save_subject(features(TINY, seed=1), TINY, folder / f"{name}_99999.safetensors")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ValueError) as refusal:
+        save(pack, flexip, features(TINY, seed=2), name)
+    assert str(refusal.value).startswith(f"FlexIPSaveSubject, input 'filename_prefix': {name[:57]!r}... (237 characters) "
+                                         "is too long: the file name would be 256 bytes")
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_a_reference_for_another_config_is_not_saved(pack, flexip, folder):
