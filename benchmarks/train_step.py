@@ -154,7 +154,7 @@ def measurements(trainer, items):
     batch = encode_items(base, items, cache)
 
     def plain():
-        _, timesteps, noise = trainer.draws(keys, batch.latents.shape[1:])
+        _, timesteps, noise, _ = trainer.draws(keys, batch.latents.shape[1:])
         noisy, sigma = base.add_noise(batch.latents, timesteps, noise)
         noisy.requires_grad_(True)
         with acc.autocast():

@@ -52,13 +52,14 @@ class TrainingConditioner(nn.Module):
         super().__init__()
         self.flexip = flexip
 
-    def forward(self, clip_embeds, dino_patches, text_embeds, is_variant):
+    def forward(self, clip_embeds, dino_patches, text_embeds, is_variant, gamma=None):
         """clip_embeds [B, clip_dim], dino_patches [B, M, dino_dim], text_embeds [B, N_T, text_dim]
-        (dropout already applied), is_variant [B] bool -> ({layer key: ((K_P, V_P), (K_S, V_S))}, gamma [B])."""
+        (dropout already applied), is_variant [B] bool -> ({layer key: ((K_P, V_P), (K_S, V_S))}, gamma [B]);
+        gamma [B] given: those values instead of the training gate's."""
         p = self.flexip.preservation(clip_embeds, dino_patches)
         s = self.flexip.personalization(text_embeds, clip_embeds)
         kv = {key: self.flexip.projections[key](p, s) for key in self.flexip.projections.keys}
-        return kv, self.flexip.gate(is_variant)
+        return kv, self.flexip.gate(is_variant) if gamma is None else gamma
 
 
 def training_patches(kv, gamma, attention):

@@ -70,7 +70,12 @@ class OptimOptions:
 
 @dataclass
 class GateOptions:
-    mode: str = option("learned", "'learned': alpha and beta are trained; 'fixed': they stay at the values below.")
+    mode: str = option("learned", "'learned': alpha and beta are trained; 'fixed': they stay at the values below; "
+                                  "'sampled' (beyond the paper): gamma is drawn per sample, Beta(2, 1) for image "
+                                  "samples and Beta(1, 2) for video / multi-view ones (flexip_core.gate.sampled_gamma), "
+                                  "and alpha / beta are unused. With image samples whose caption describes another "
+                                  "view of the subject, this trains the whole range of gamma and the conflict between "
+                                  "reference and prompt.")
     alpha: float = option(0.9, "gamma of image (invariant) samples, initial or fixed; in (0, 1).")
     beta: float = option(0.9, "1 - gamma of video / multi-view (variant) samples, initial or fixed; in (0, 1).")
 
@@ -165,8 +170,8 @@ def check(config, source):
     problems = []
     if config.optim.mixed_precision not in ("no", "fp16", "bf16"):
         problems.append("optim.mixed_precision must be 'no', 'fp16' or 'bf16'")
-    if config.gate.mode not in ("learned", "fixed"):
-        problems.append("gate.mode must be 'learned' or 'fixed'")
+    if config.gate.mode not in ("learned", "fixed", "sampled"):
+        problems.append("gate.mode must be 'learned', 'fixed' or 'sampled'")
     if not (0 < config.gate.alpha < 1 and 0 < config.gate.beta < 1):
         problems.append("gate.alpha and gate.beta must lie strictly between 0 and 1")
     for name in ("max_steps", "log_every", "checkpoint_every", "keep_checkpoints"):

@@ -14,6 +14,7 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
+from flexip_core.gate import sampled_gamma
 from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon_loss, subject_loss_weight,
                                   training_patches)
 from flexip_core.weights import save_flexip
@@ -114,26 +115,31 @@ class Trainer:
     # --- one step ---
 
     def draws(self, keys, latent_shape):
-        """Per-sample randomness (dropout, timestep, noise), each from its own generator seeded by
-        (run seed, epoch, position in the epoch): a step is the same on 1 or N processes, whatever
-        the batch split, and a resumed run needs no generator state for it."""
-        u, t, noise = [], [], []
+        """Per-sample randomness (dropout, timestep, noise, and the gamma draw of gate mode
+        'sampled'), each from its own generator seeded by (run seed, epoch, position in the epoch):
+        a step is the same on 1 or N processes, whatever the batch split, and a resumed run needs
+        no generator state for it. The gamma draw comes last, so the other draws do not depend on
+        the gate's mode."""
+        u, t, noise, gamma_u = [], [], [], []
         for epoch, position in keys:
             g = torch.Generator().manual_seed(self.config.run.seed * 2**40 + epoch * 2**32 + position)
             u.append(torch.rand((), generator=g))
             t.append(torch.randint(0, self.base.timesteps, (), generator=g))
             noise.append(torch.randn(latent_shape, generator=g))
-        return torch.stack(u), torch.stack(t), torch.stack(noise)
+            gamma_u.append(torch.rand((), generator=g))
+        return torch.stack(u), torch.stack(t), torch.stack(noise), torch.stack(gamma_u)
 
     def loss(self, batch, keys):
         """The epsilon loss of one micro-batch (mean over its samples)."""
-        u, timesteps, noise = self.draws(keys, batch.latents.shape[1:])
+        u, timesteps, noise, gamma_u = self.draws(keys, batch.latents.shape[1:])
+        gamma = sampled_gamma(gamma_u, batch.is_variant.cpu()).to(batch.latents.device) \
+            if self.config.gate.mode == "sampled" else None
         drop_text, drop_image = (d.to(batch.latents.device) for d in self.dropout.decide(u))
         text = drop(batch.text, drop_text, self.base.empty_text(batch.text.shape[0]).to(batch.text))
         clip, dino = drop(batch.clip, drop_image), drop(batch.dino, drop_image)
         noisy, sigma = self.base.add_noise(batch.latents, timesteps, noise)
         with self.accelerator.autocast():
-            kv, gamma = self.conditioner(clip, dino, text, batch.is_variant)
+            kv, gamma = self.conditioner(clip, dino, text, batch.is_variant, gamma)
             x0_pred = self.base.denoise(noisy, sigma, text, training_patches(kv, gamma, self.base.attention))
         weight = None if batch.loss_mask is None else subject_loss_weight(
             batch.loss_mask, batch.latents.shape[-2:], self.config.loss.subject_weight)
@@ -249,18 +255,20 @@ class Trainer:
     def step_samples(self):
         return self.config.data.batch_size * self.config.optim.grad_accum * self.accelerator.num_processes
 
-    def export(self, base_hash=None):
-        """The FlexIP weight file the nodes load, with the training facts in its metadata."""
+    def export(self, base_hash=None, extra_facts=None):
+        """The FlexIP weight file the nodes load, with the training facts (and extra_facts, a dict
+        the caller adds: a benchmark's variant, say) in its metadata."""
         path = self.run_dir / self.config.run.export_name
         if self.accelerator.is_main_process:
             facts = {"steps": self.step, "samples": len(self.dataset), "variant_samples": sum(
                 s.is_variant for s in self.dataset.samples), "skipped_while_loading": len(self.skipped),
                 "manifest_problems": len(self.manifest_problems), "base_checkpoint": Path(self.config.model.checkpoint).name,
                 "base_checkpoint_sha256": base_hash, "alpha": self.flexip.gate.alpha.item(),
-                "beta": self.flexip.gate.beta.item(), "subject_weight": self.config.loss.subject_weight,
+                "beta": self.flexip.gate.beta.item(), "gate_mode": self.config.gate.mode,
+                "subject_weight": self.config.loss.subject_weight,
                 "loss_masks": sum(s.loss_mask is not None for s in self.dataset.samples),
                 "processes": self.accelerator.num_processes,
-                "global_batch": self.step_samples()}
+                "global_batch": self.step_samples(), **(extra_facts or {})}
             save_flexip(self.flexip, path, {"training": json.dumps(facts)})
         self.accelerator.wait_for_everyone()
         return path

@@ -135,6 +135,37 @@ def test_fixed_gate_stays_fixed(manifests, tmp_path):
     assert trainer.flexip.gate(torch.tensor([False, True])).tolist() == pytest.approx([0.8, 0.3])
 
 
+def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
+    """Gate mode 'sampled': each sample's gamma is flexip_core.gate.sampled_gamma of its own last
+    draw (the loss equals one computed with those gammas given explicitly, and differs from the
+    learned gate's), the gate stays frozen, and the export records the mode."""
+    from flexip_core.gate import sampled_gamma
+    from flexip_core.training import epsilon_loss, training_patches
+    from flexip_train.loop import encode_items
+    trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4}, gate={"mode": "sampled"},
+                                       dropout={"text": 0.0, "image": 0.0, "both": 0.0}))
+    assert not any(p.requires_grad for p in trainer.flexip.gate.parameters())
+    (_, _, micro) = next(trainer.steps(0, 0))
+    (items, keys), = micro
+    batch = encode_items(trainer.base, items, None)
+    _, timesteps, noise, gamma_u = trainer.draws(keys, batch.latents.shape[1:])
+    gamma = sampled_gamma(gamma_u, batch.is_variant)
+    assert 0 < gamma.min() and gamma.max() < 1 and not torch.equal(gamma, trainer.flexip.gate(batch.is_variant))
+    noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
+
+    def loss_at(g):
+        kv, _ = trainer.conditioner(batch.clip, batch.dino, batch.text, batch.is_variant, g)
+        x0 = trainer.base.denoise(noisy, sigma, batch.text, training_patches(kv, g, trainer.base.attention))
+        return epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
+
+    with torch.no_grad():
+        assert trainer.loss(batch, keys).item() == loss_at(gamma).item()
+        assert trainer.loss(batch, keys).item() != loss_at(trainer.flexip.gate(batch.is_variant)).item()
+    trainer.train()
+    facts = json.loads(safe_open(str(trainer.export(extra_facts={"variant": "x"})), "pt").metadata()["training"])
+    assert facts["gate_mode"] == "sampled" and facts["variant"] == "x"
+
+
 def test_cfg_dropout_drops_what_the_uncond_pass_drops(manifests, tmp_path):
     """With every sample's text and image dropped, the loss no longer depends on the prompt or the
     reference (they became the empty prompt and zeroed features); with no dropout it does."""
