@@ -181,7 +181,9 @@ class UNetTimer:
         self.clock, self.label, self.times, self.cpu, self.calls = clock, None, {}, {}, []
 
     def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone() deepcopies model_options: every clone shares this timer
+        # Every clone shares this timer: ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options
+        # (and so calls this); 0.33.0 copies only its dicts and lists and shares the timer by itself.
+        return self
 
     def __call__(self, apply_model, args):
         cpu = time.process_time()

@@ -54,9 +54,12 @@ class GatedAttention:
     [1 or rows, N, inner]. gamma: a number, or a tensor [rows] of per-sample gammas, one per row
     of each CFG chunk (every chunk gets the same rows' gammas: a gamma sweep over a latent batch;
     training's gate, whose batch is one COND chunk).
-    attention(q, k, v, heads, attn_precision=None, **options): the host's attention (ComfyUI's
-    optimized_attention), so the branches run exactly the kernel the layer itself runs; other
-    options of it (mask, skip_reshape, ...) are passed through (benchmarks/gated_apply.py's variants).
+    attention(q, k, v, heads, attn_precision=None, transformer_options=None, **options): the host's
+    attention (ComfyUI's optimized_attention), so the branches run exactly the kernel the layer itself
+    runs. It gets the layer's extra_options as transformer_options, as the layer's own attention gets
+    them: an attention override set there (ModelPatcher.set_model_optimized_attention, read by
+    ComfyUI's wrap_attn) runs the text attention and both branches. Other options of it (mask,
+    skip_reshape, ...) are passed through (benchmarks/patch_variants.py).
     sigma_window: (start, end) sigmas outside which FlexIP is off, or None for every step.
     on_call: optional callback(key, chunks, gamma), e.g. a debug log.
     cache_terms: keep the weighted K/V per batch layout across calls (sampling). Training passes
@@ -65,6 +68,10 @@ class GatedAttention:
     at each call in place of gamma.
     batch_error: batch_error(gammas, rows) -> the exception to raise when a tensor gamma has not
     one value per row of a chunk (the nodes name the input that gave the gammas).
+
+    Clone safety: nothing changes a GatedAttention after it is made. Its one mutable field, `terms`,
+    is a memo of weighted_branches, a function of the fixed fields and of the memo's key alone. So
+    clones of a model may share the object or copy it, whichever way the host copies model_options.
     """
 
     def __init__(self, key, kv_p, kv_s, gamma, strength, attention, sigma_window=None, wrapped=None,
@@ -84,9 +91,10 @@ class GatedAttention:
         self.terms = {}
 
     def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options. The K/V never change after apply, so
-        # clones share them; the wrapped patch is copied with the same memo, so it stays the
-        # object the clone's patch table holds (ComfyUI calls .to(device) on that one).
+        # Where ModelPatcher.clone() deep-copies model_options (ComfyUI 0.3.75; 0.33.0 shares the
+        # patch object instead): the K/V and the memo are shared, not copied; the wrapped patch is
+        # copied with the same memo, so it stays the object the clone's patch table holds (ComfyUI
+        # calls .to(device) on that one).
         clone = copy.copy(self)
         clone.wrapped = copy.deepcopy(self.wrapped, memo)
         return clone
@@ -95,7 +103,8 @@ class GatedAttention:
         heads = extra_options["n_heads"]
 
         def attention(q_, k_, v_, heads_, **options):
-            return self.attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"), **options)
+            return self.attention(q_, k_, v_, heads_, attn_precision=extra_options.get("attn_precision"),
+                                  transformer_options=extra_options, **options)
 
         base = self.wrapped(q, k, v, extra_options) if self.wrapped else attention(q, k, v, heads)
         if isinstance(self.strength, (int, float)) and self.strength == 0:

@@ -1,24 +1,120 @@
-"""Shared fixtures. The test host (ComfyUI 0.3.75 and its venv) comes from scripts/host.py."""
+"""Shared fixtures, and which tests run on which test host.
+
+The test hosts (a ComfyUI and its venv each) come from scripts/host.py; FLEXIP_HOST selects the one
+this session runs on (default 0.3.75), and the session must run in that host's venv. scripts/test.sh
+runs the suite once per host and sets FLEXIP_HOSTS_IN_RUN to all the hosts of the run; then:
+- tests that need no ComfyUI (tests/flexip_core and tests/scripts without the `comfy` fixture) run
+  on the run's first host only;
+- each of ONE_HOST's files runs on its host if that host is in the run, else on the run's first host.
+Without FLEXIP_HOSTS_IN_RUN (a plain pytest call) every collected test runs.
+A failure names its host: in its report and in the summary at the end.
+"""
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+import host
+
 REPO = Path(__file__).resolve().parent.parent
-COMFYUI = REPO / ".host" / "ComfyUI"
+COMFYUI = host.COMFYUI
+HOSTS_IN_RUN = os.environ.get("FLEXIP_HOSTS_IN_RUN", "").split()
+# Tests that need no ComfyUI: the run's first host runs them.
+PURE_FOLDERS = ("tests/flexip_core/", "tests/scripts/")
+# The two heaviest test files, run on one host each. Training runs on the newer host. The miniature
+# runs on 0.3.75: its subprocess imports the ComfyUI at benchmarks/nano/base.py's COMFYUI, which is
+# host 0.3.75's whatever FLEXIP_HOST says.
+ONE_HOST = {"tests/flexip_train/test_train_sd15.py": "0.33.0", "tests/benchmarks/nano/test_run.py": host.PINNED}
 
 
-@pytest.fixture(scope="session")
-def comfy():
-    """ComfyUI's `comfy` package, imported in this process on the CPU."""
+def host_label():
+    version = host.SELECTED.version() if (COMFYUI / "comfyui_version.py").exists() else "not built"
+    return f"host {host.SELECTED.name} (ComfyUI {version} at {COMFYUI}, python {sys.executable})"
+
+
+def import_comfy():
     if not (COMFYUI / "comfy").is_dir():
-        pytest.fail(f"no ComfyUI at {COMFYUI}: run `python3 scripts/host.py` (the README's test command does)")
-    sys.path.insert(0, str(COMFYUI))
+        pytest.fail(f"no ComfyUI at {COMFYUI}: run `python3 scripts/host.py --host {host.SELECTED.name}` "
+                    "(the README's test command does)")
+    if str(COMFYUI) not in sys.path:
+        sys.path.insert(0, str(COMFYUI))
     import comfy.cli_args
     comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
     import comfy.clip_vision
     import comfy.model_management
     return comfy
+
+
+def comfy_from_another_tree():
+    """Where this process imported `comfy` from, if not from the selected host's ComfyUI."""
+    module = sys.modules.get("comfy")
+    origin = Path(module.__file__).resolve() if module is not None and module.__file__ else None
+    return origin if origin is not None and not origin.is_relative_to(COMFYUI.resolve()) else None
+
+
+def pytest_configure(config):
+    if Path(sys.prefix).resolve() != host.VENV.resolve():
+        raise pytest.UsageError(f"FLEXIP_HOST={host.SELECTED.name} runs in {host.VENV}, not {sys.prefix}: "
+                                f"run {host.PYTHON} -m pytest (scripts/test.sh does)")
+    if host.SELECTED.name != host.PINNED and (COMFYUI / "comfy").is_dir():
+        # Imported first, so that helpers which put host 0.3.75's ComfyUI on sys.path (benchmarks/nano/base.py)
+        # get this host's modules in this process.
+        import_comfy()
+
+
+def pytest_report_header(config):
+    return [f"FlexIP test {host_label()}" + (f"; hosts in this run: {' '.join(HOSTS_IN_RUN)}" if HOSTS_IN_RUN else "")]
+
+
+def needs_comfyui(item):
+    path = Path(item.fspath).resolve().relative_to(REPO).as_posix()
+    return "comfy" in getattr(item, "fixturenames", ()) or not path.startswith(PURE_FOLDERS)
+
+
+def runs_here(item):
+    if not HOSTS_IN_RUN:
+        return True
+    this, first = host.SELECTED.name, HOSTS_IN_RUN[0]
+    path = Path(item.fspath).resolve().relative_to(REPO).as_posix()
+    if path in ONE_HOST:
+        return this == (ONE_HOST[path] if ONE_HOST[path] in HOSTS_IN_RUN else first)
+    return this == first or needs_comfyui(item)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HOSTS_IN_RUN and host.SELECTED.name not in HOSTS_IN_RUN:
+        raise pytest.UsageError(f"FLEXIP_HOST={host.SELECTED.name} is not in FLEXIP_HOSTS_IN_RUN={HOSTS_IN_RUN}")
+    other_host = [item for item in items if not runs_here(item)]
+    if other_host:
+        config.hook.pytest_deselected(items=other_host)
+        items[:] = [item for item in items if runs_here(item)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    stray = comfy_from_another_tree()
+    if stray is not None and report.when == "teardown" and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"`comfy` was imported from {stray}, not from the selected {host_label()}"
+    if report.failed:
+        report.sections.append(("FlexIP test host", host_label()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    failed = [r.nodeid for key in ("failed", "error") for r in terminalreporter.stats.get(key, [])
+              if getattr(r, "nodeid", None)]
+    if failed:
+        terminalreporter.write_sep("=", f"{len(failed)} failed on {host_label()}", red=True)
+        for nodeid in dict.fromkeys(failed):
+            terminalreporter.write_line(f"FAILED on host {host.SELECTED.name}: {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's `comfy` package of the selected host, imported in this process on the CPU."""
+    return import_comfy()
 
 
 # --- The real host: one ComfyUI server per test session, shared by every test that needs it. ---

@@ -13,7 +13,7 @@ HEADS = 2
 def flexip_patch(wrapped=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     kv = lambda: {COND: (torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g))}  # noqa: E731
-    return GatedAttention(KEY, kv(), kv(), 0.2, 0.7, lambda q, k, v, heads, attn_precision=None, **mask:
+    return GatedAttention(KEY, kv(), kv(), 0.2, 0.7, lambda q, k, v, heads, attn_precision=None, transformer_options=None, **mask:
                           attention_heads(q, k, v, heads, **mask), wrapped=wrapped)
 
 

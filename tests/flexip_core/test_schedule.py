@@ -125,7 +125,7 @@ def branches():
     return p, s
 
 
-def attention(q, k, v, heads, attn_precision=None):
+def attention(q, k, v, heads, attn_precision=None, transformer_options=None):
     return attention_heads(q, k, v, heads)
 
 

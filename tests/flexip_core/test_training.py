@@ -64,7 +64,7 @@ def test_training_patch_is_the_design_formula_per_sample():
     kv_s = (torch.randn(2, 5, inner, generator=g, dtype=torch.float64), torch.randn(2, 5, inner, generator=g, dtype=torch.float64))
     gamma = torch.tensor([0.2, 0.9], dtype=torch.float64)
 
-    def attention(q_, k_, v_, heads_, mask=None, attn_precision=None):
+    def attention(q_, k_, v_, heads_, mask=None, attn_precision=None, transformer_options=None):
         # optimized_attention's signature; a mask [B, 1, N_k] is added to every head's scores, as ComfyUI does
         mask = None if mask is None else mask.unsqueeze(1)
         return F.scaled_dot_product_attention(*(t.unflatten(-1, (heads_, -1)).transpose(1, 2) for t in (q_, k_, v_)),

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import host
+
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / ".host" / "models"
-COMFYUI = REPO / ".host" / "ComfyUI"
+COMFYUI = host.COMFYUI  # the test host FLEXIP_HOST selects
 FOLDERS = {"checkpoint": "checkpoints", "clip_vision": "clip_vision", "dino": "clip_vision", "flexip": "flexip"}
 
 

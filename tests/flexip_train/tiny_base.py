@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
-COMFYUI = REPO / ".host" / "ComfyUI"
+sys.path.append(str(REPO / "scripts"))  # under torchrun too
+import host  # noqa: E402
+
+COMFYUI = host.COMFYUI  # the test host FLEXIP_HOST selects
 TEXT_DIM = 32
 
 UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
@@ -26,9 +29,8 @@ UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num
 
 
 def import_comfy():
-    for path in (str(COMFYUI), str(REPO / "scripts")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    if str(COMFYUI) not in sys.path:
+        sys.path.insert(0, str(COMFYUI))
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401
