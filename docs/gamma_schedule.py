@@ -1,5 +1,5 @@
-"""Draws docs/gamma_schedule.png (README, "Gamma schedules"): what FlexIP Gamma Schedule gives, from
-flexip_core.schedule itself.
+"""Draws js/docs/gamma_schedule.png (docs/nodes.md and the FlexIP Gamma Schedule help page, which the
+frontend serves from js/docs/): what FlexIP Gamma Schedule gives, from flexip_core.schedule itself.
 
     python docs/gamma_schedule.py
 """
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flexip_core.schedule import BLOCKS, GammaSchedule  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "gamma_schedule.png"
+OUT = Path(__file__).resolve().parent.parent / "js" / "docs" / "gamma_schedule.png"
 
 
 def main():
