@@ -13,11 +13,18 @@ thread handles the flags after a tiny wake-up prompt, collects garbage, then mem
 after the second run. The second run's wall time shows the cost of loading again what /free
 released.
 
+With --server-args the server runs with those ComfyUI flags too (e.g. "--lowvram", "--cache-ram"); the
+run prints what model management loaded and unloaded at each stage (the server's log lines). FLEXIP_HOST
+selects the test host (scripts/host.py).
+
 Run:  .host/venv/bin/python benchmarks/managed_memory.py [--baseline /tmp/wt-old] [--size 64] [--steps 2]
+      FLEXIP_HOST=0.33.0 .host/0.33.0/venv/bin/python benchmarks/managed_memory.py --server-args="--lowvram"
 """
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -42,7 +49,18 @@ def parse_args():
     p.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
     p.add_argument("--steps", type=int, default=2, help="sampling steps (default 2)")
     p.add_argument("--settle", type=float, default=8.0, help="seconds to sample RSS after /free (default 8)")
+    p.add_argument("--server-args", default="", help="more ComfyUI flags, one string (default none)")
     return p.parse_args()
+
+
+# Model management's log lines: what it loads and unloads, and how much of it.
+MODEL_EVENTS = re.compile(r"Requested to load|[Ll]oaded (completely|partially)|[Uu]nload|[Oo]ffload|prepared for dynamic")
+
+
+def model_events(log_path, start):
+    """Model management's log lines from offset `start` of the server log, and the offset after them."""
+    text = log_path.read_text(errors="replace")
+    return [line.strip() for line in text[start:].splitlines() if MODEL_EVENTS.search(line)], len(text)
 
 
 def model_files():
@@ -80,7 +98,8 @@ def measure(pack, files, args, folder):
     comfy_server.RUN.mkdir(parents=True, exist_ok=True)
     cmd = [str(host.PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(base),
-           "--extra-model-paths-config", str(comfy_server.write_model_paths()), "--database-url", "sqlite:///:memory:"]
+           "--extra-model-paths-config", str(comfy_server.write_model_paths()), "--database-url", "sqlite:///:memory:",
+           *shlex.split(args.server_args)]
     with open(log_path, "w") as log:
         server = subprocess.Popen(cmd, cwd=host.COMFYUI, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -99,12 +118,14 @@ def measure(pack, files, args, folder):
         workflow = json.loads((REPO / "example_workflows" / "api" / "flexip_basic_api.json").read_text())
         prompt = flexip_client.override(workflow, image=client.upload_image(reference_image(folder)),
                                         models=files, size=args.size, steps=args.steps, seed=1)
-        stages, times = {"idle": memory(server.pid)}, {}
+        stages, times, events = {"idle": memory(server.pid)}, {}, {}
+        _, offset = model_events(log_path, 0)
         for run in ("first run", "second run"):
             start = time.perf_counter()
             client.run(prompt)
             times[run] = time.perf_counter() - start
             stages[f"after {run}"] = memory(server.pid)
+            events[run], offset = model_events(log_path, offset)
             if run == "first run":
                 client.post_json("/free", {"unload_models": True, "free_memory": True})
                 # The worker thread reads the flags when it wakes; still busy after the last prompt
@@ -116,6 +137,9 @@ def measure(pack, files, args, folder):
                     time.sleep(0.25)
                     samples.append(memory(server.pid))
                 stages["after /free"] = min(samples)
+                events["/free"], offset = model_events(log_path, offset)
+        for stage, lines in events.items():
+            print(f"  model management during {stage}:", *(f"    {line}" for line in lines) or ["    (nothing)"], sep="\n")
         return stages, times, log_path.read_text().count("Requested to load FlexIP")
     finally:
         server.terminate()
@@ -134,7 +158,8 @@ def main():
         with tempfile.TemporaryDirectory(prefix="flexip-memory-") as folder:
             print(f"{name}: {pack}", flush=True)
             results[name] = measure(pack, files, args, Path(folder))
-    print(f"\nbasic workflow, {args.size} px, {args.steps} steps, CPU; server RSS / peak RSS (VmHWM) in MiB")
+    print(f"\nbasic workflow, {args.size} px, {args.steps} steps, CPU, ComfyUI {host.SELECTED.version()} "
+          f"(host {host.SELECTED.name}), flags {args.server_args or '(none)'}; server RSS / peak RSS (VmHWM) in MiB")
     print(f"{'':28}" + "".join(f"{name:>24}" for name in results))
     for stage in results[packs[-1][0]][0]:
         print(f"{stage:28}" + "".join(f"{r[0][stage][0] / MIB:>13.0f} / {r[0][stage][1] / MIB:>7.0f}"
