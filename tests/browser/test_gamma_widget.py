@@ -84,7 +84,13 @@ class Frontend:
                 route.fulfill(response=response, json={**response.json(), **settings})
             self.page.route("**/api/settings", with_settings)
         self.page.goto(server.url)
-        self.page.wait_for_function("() => window.app?.vueAppReady && window.app.graph && window.LiteGraph",
+        # Usable once the frontend's startup is over. window.app appears when the app is set up, and the startup
+        # goes on to restore the last workflow (this browser profile's drafts of earlier pages) or open the
+        # default graph: loaded on top of a template loaded before that, it left frontend 1.49.6 with merged
+        # graphs (31 or 12 nodes for 16) and stray links. Every frontend has an active workflow once the
+        # startup's graph is in; 1.49.6 and later clear the spinner only when the whole startup is done.
+        self.page.wait_for_function("""() => window.app?.vueAppReady && window.app.graph && window.LiteGraph
+            && window.app.extensionManager.workflow.activeWorkflow && !window.app.extensionManager.spinner""",
                                     timeout=60_000)
         assert self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == version
         names = self.page.evaluate("() => app.extensions.map(e => e.name)")
