@@ -39,6 +39,15 @@ class CFGDropout:
         return both | text_only, both | image_only
 
 
+def split_timesteps(timesteps, is_variant, image_fraction):
+    """Training timesteps [B] with image (invariant) samples' moved into the lowest `image_fraction`
+    of the schedule (t -> floor(t * fraction): uniform there if t was uniform over all of it), where a
+    picture's detail forms rather than its layout; video / multi-view samples keep theirs. 1: no change."""
+    if image_fraction >= 1:
+        return timesteps
+    return torch.where(is_variant, timesteps, (timesteps * image_fraction).long())
+
+
 def drop(values, dropped, replacement=None):
     """values [B, ...] with the rows where dropped [B] is True replaced (by zeros by default)."""
     mask = dropped.view(-1, *([1] * (values.ndim - 1)))

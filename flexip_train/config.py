@@ -85,10 +85,16 @@ class DropoutOptions:
     text: float = option(0.05, "Probability of dropping only the prompt (empty prompt).")
     image: float = option(0.05, "Probability of dropping only the reference (zeroed features).")
     both: float = option(0.05, "Probability of dropping both.")
+    text_on_images: float = option(0.0, "Image (invariant) samples only: probability of dropping the prompt as well, "
+                                        "drawn apart from the three above (0.5: half of them learn from the reference "
+                                        "alone). 0: none.")
 
 
 @dataclass
 class LossOptions:
+    image_timesteps: float = option(1.0, "Image (invariant) samples draw their timestep from this lowest fraction of "
+                                         "the schedule (0.5: the low-noise half, where detail forms rather than "
+                                         "layout); video / multi-view samples from all of it. 1: no split.")
     subject_weight: float = option(1.0, "Weight of the target's subject pixels in the loss, the rest weighing 1 (each "
                                         "sample's weights scaled to mean 1, so the loss keeps its scale): "
                                         "above 1 the adapters learn the subject before the background. Needs "
@@ -186,6 +192,10 @@ def check(config, source):
     if any(not 0 <= p <= 1 for p in dropout) or sum(dropout) > 1:
         problems.append("dropout.text, image and both are probabilities of disjoint events: each in [0, 1], "
                         "their sum at most 1")
+    if not 0 <= config.dropout.text_on_images <= 1:
+        problems.append("dropout.text_on_images is a probability: in [0, 1]")
+    if not 0 < config.loss.image_timesteps <= 1:
+        problems.append("loss.image_timesteps is a fraction of the schedule: in (0, 1]")
     if not config.loss.subject_weight > 0:
         problems.append("loss.subject_weight must be above 0")
     if config.optim.grad_accum < 1:

@@ -15,8 +15,8 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
 from flexip_core.gate import sampled_gamma
-from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon_loss, subject_loss_weight,
-                                  training_patches)
+from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon_loss, split_timesteps,
+                                  subject_loss_weight, training_patches)
 from flexip_core.weights import save_flexip
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -115,26 +115,29 @@ class Trainer:
     # --- one step ---
 
     def draws(self, keys, latent_shape):
-        """Per-sample randomness (dropout, timestep, noise, and the gamma draw of gate mode
-        'sampled'), each from its own generator seeded by (run seed, epoch, position in the epoch):
-        a step is the same on 1 or N processes, whatever the batch split, and a resumed run needs
-        no generator state for it. The gamma draw comes last, so the other draws do not depend on
-        the gate's mode."""
-        u, t, noise, gamma_u = [], [], [], []
+        """Per-sample randomness (dropout, timestep, noise; the gamma draw of gate mode 'sampled' and
+        the image samples' extra text dropout), each from its own generator seeded by (run seed,
+        epoch, position in the epoch): a step is the same on 1 or N processes, whatever the batch
+        split, and a resumed run needs no generator state for it. The optional draws come last, so
+        the others do not depend on the options. -> (dropout u, timesteps, noise, (gamma u, text u))."""
+        u, t, noise, extra = [], [], [], []
         for epoch, position in keys:
             g = torch.Generator().manual_seed(self.config.run.seed * 2**40 + epoch * 2**32 + position)
             u.append(torch.rand((), generator=g))
             t.append(torch.randint(0, self.base.timesteps, (), generator=g))
             noise.append(torch.randn(latent_shape, generator=g))
-            gamma_u.append(torch.rand((), generator=g))
-        return torch.stack(u), torch.stack(t), torch.stack(noise), torch.stack(gamma_u)
+            extra.append(torch.rand(2, generator=g))
+        return torch.stack(u), torch.stack(t), torch.stack(noise), torch.stack(extra).unbind(1)
 
     def loss(self, batch, keys):
         """The epsilon loss of one micro-batch (mean over its samples)."""
-        u, timesteps, noise, gamma_u = self.draws(keys, batch.latents.shape[1:])
-        gamma = sampled_gamma(gamma_u, batch.is_variant.cpu()).to(batch.latents.device) \
-            if self.config.gate.mode == "sampled" else None
-        drop_text, drop_image = (d.to(batch.latents.device) for d in self.dropout.decide(u))
+        u, timesteps, noise, (gamma_u, text_u) = self.draws(keys, batch.latents.shape[1:])
+        is_variant = batch.is_variant.cpu()
+        gamma = sampled_gamma(gamma_u, is_variant).to(batch.latents.device) if self.config.gate.mode == "sampled" else None
+        timesteps = split_timesteps(timesteps, is_variant, self.config.loss.image_timesteps)
+        drop_text, drop_image = self.dropout.decide(u)
+        drop_text = (drop_text | (~is_variant & (text_u < self.config.dropout.text_on_images))).to(batch.latents.device)
+        drop_image = drop_image.to(batch.latents.device)
         text = drop(batch.text, drop_text, self.base.empty_text(batch.text.shape[0]).to(batch.text))
         clip, dino = drop(batch.clip, drop_image), drop(batch.dino, drop_image)
         noisy, sigma = self.base.add_noise(batch.latents, timesteps, noise)
@@ -265,6 +268,8 @@ class Trainer:
                 "manifest_problems": len(self.manifest_problems), "base_checkpoint": Path(self.config.model.checkpoint).name,
                 "base_checkpoint_sha256": base_hash, "alpha": self.flexip.gate.alpha.item(),
                 "beta": self.flexip.gate.beta.item(), "gate_mode": self.config.gate.mode,
+                "text_on_images": self.config.dropout.text_on_images,
+                "image_timesteps": self.config.loss.image_timesteps,
                 "subject_weight": self.config.loss.subject_weight,
                 "loss_masks": sum(s.loss_mask is not None for s in self.dataset.samples),
                 "processes": self.accelerator.num_processes,

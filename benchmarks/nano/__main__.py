@@ -1,12 +1,16 @@
-"""python -m benchmarks.nano [--size full|ci] [--cache DIR] [--report DIR] [--rebuild] [--subject-weight W]
+"""python -m benchmarks.nano [--size full|ci] [--variant NAME ...] [--cache DIR] [--report DIR] [--rebuild]
 
 Builds the miniature from nothing (or from its cache) and writes the report:
-data, encoders, base -> FlexIP-nano, baseline -> evaluation -> report.
+data, encoders, base -> FlexIP-nano (one per training variant), baseline -> evaluation,
+drawability -> report, and an ablation table over every variant reported in the cache.
 Each stage is cached under the cache folder (default .host/nano/<size>) with a stamp of its
-settings, its code and the stamps of the stages it is built from; a stage whose stamp differs is
-rebuilt, and so is everything built from it.
+settings, its code (every repository module it imports, found
+by reading their import statements) and the stamps of
+the stages it is built from; a stage whose stamp differs is rebuilt, and so is everything built
+from it. Variants share the data, encoders and base, and the baseline where their references agree.
 """
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 
 from .evaluate import Sampling
-from .train import Budget
+from .train import DEFAULT_VARIANT, VARIANTS, Budget
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -55,10 +59,43 @@ SIZES = {
 }
 
 
-def code_hash(*modules):
+def source_files(modules, root=REPO):
+    """Every file of the repository at `root` that the nano modules import, directly or through
+    other repository modules (flexip_core, flexip_train, ...), imports inside functions included:
+    each file's import statements (ast), followed wherever they name a file under `root`."""
+    root = Path(root).resolve()
+
+    def file_of(name):
+        base = root.joinpath(*name.split("."))
+        return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+
+    todo = [file_of(f"benchmarks.nano.{m}") for m in modules]
+    found = set()
+    while todo:
+        path = todo.pop()
+        if path is None or path in found:
+            continue
+        found.add(path)
+        package = path.parent.relative_to(root).parts
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parent = package[:len(package) - node.level + 1] if node.level else ()
+                stem = ".".join((*parent, *(node.module.split(".") if node.module else ())))
+                names = [stem] + [f"{stem}.{a.name}" for a in node.names]  # "from x import module" too
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                todo += [file_of(".".join(parts[:k])) for k in range(1, len(parts) + 1)]  # packages' __init__ too
+    return sorted(found)
+
+
+def code_hash(*modules, root=REPO):
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update((HERE / f"{module}.py").read_bytes())
+    for path in source_files(modules, root):
+        digest.update(path.relative_to(Path(root).resolve()).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -68,15 +105,15 @@ class Stages:
     clearing it if not; done() stamps it with the time it took, which the report shows for cached
     stages too."""
 
-    def __init__(self, root, rebuild):
-        self.root, self.rebuild = Path(root), rebuild
+    def __init__(self, root, rebuild, code_root=REPO):
+        self.root, self.rebuild, self.code_root = Path(root), rebuild, code_root
         self.stamps, self.pending = {}, None
 
     def folder(self, name):
         return self.root / name
 
     def current(self, name, settings, modules, after=()):
-        stamp = {"settings": settings, "code": code_hash(*modules),
+        stamp = {"settings": settings, "code": code_hash(*modules, root=self.code_root),
                  "after": {a: hashlib.sha256(json.dumps(self.stamps[a], sort_keys=True).encode()).hexdigest()[:16]
                            for a in after}}
         self.stamps[name] = stamp
@@ -101,24 +138,23 @@ def log(message):
     print(f"[nano] {message}", flush=True)
 
 
-def build(size, cache, rebuild=False, progress=True):
-    """Every stage, cached; -> (base, flexip, baseline or None, facts for the report)."""
+def build(size, cache, variant, rebuild=False, progress=True):
+    """Every stage the variant needs, cached; -> (base, flexip, baseline or None, stages, facts)."""
     from flexip_core.config import register_config
 
     from . import base as nano_base
     from . import data
     from . import encoders as nano_encoders
     from .baseline import BASELINE_GATE
-    from .train import FLEXIP_GATE, nano_config, train_adapters
+    from .train import Variant, nano_config, train_adapters
 
     stages = Stages(cache, rebuild)
-    facts = {"size": dataclasses.asdict(size)}
-    folder = stages.folder("data")
+    facts = {"size": dataclasses.asdict(size), "variant": dataclasses.asdict(variant)}
+    data_folder = stages.folder("data")
     if not stages.current("data", [size.views_per_subject, size.pairs_per_view], ["world", "data"]):
         log("data: rendering the training pictures")
-        data.write_training_data(folder, size.views_per_subject, size.pairs_per_view, progress=progress)
+        data.write_training_data(data_folder, size.views_per_subject, size.pairs_per_view, progress=progress)
         stages.done()
-    manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
 
     path = stages.folder("encoders") / "encoders.safetensors"
     if not stages.current("encoders", [size.encoder_steps, size.encoder_subjects], ["world", "encoders"]):
@@ -143,21 +179,28 @@ def build(size, cache, rebuild=False, progress=True):
 
     from flexip_core.weights import load_flexip, read_flexip_header
     trained = {}
-    runs = [("flexip", FLEXIP_GATE, ["train"])]
+    # The baseline is IP-Adapter's recipe (own captions, its gate fixed) with the variant's references.
+    runs = [(f"flexip-{variant.name}", "flexip", variant, ["train", "data"])]
     if size.baseline:
-        runs.append(("baseline", BASELINE_GATE, ["train", "baseline"]))
-    for name, gate, modules in runs:
-        folder = stages.folder(name)
-        if not stages.current(name, [dataclasses.asdict(size.adapters), gate], modules, ["data", "encoders", "base"]):
-            log(f"{name}: training with flexip_train's Trainer")
-            train_adapters(base, config, manifests, folder, size.adapters, gate, export_name=name, progress=progress)
+        runs.append((f"baseline-{variant.references}", "baseline",
+                     Variant(f"baseline-{variant.references}", BASELINE_GATE, references=variant.references),
+                     ["train", "data", "baseline"]))
+    for stage, role, recipe, modules in runs:
+        folder = stages.folder(stage)
+        if not stages.current(stage, [dataclasses.asdict(size.adapters), dataclasses.asdict(recipe)], modules,
+                              ["data", "encoders", "base"]):
+            log(f"{stage}: training with flexip_train's Trainer ({recipe.description or recipe.name})")
+            manifests = data.variant_manifests(data_folder, recipe, folder / "manifests")
+            train_adapters(base, config, manifests, folder, size.adapters, recipe.gate, export_name=role,
+                           progress=progress, facts=recipe.facts())
             stages.done()
-        trained[name] = load_flexip(folder / f"{name}.safetensors")
-        facts[f"{name}_training"] = json.loads(read_flexip_header(folder / f"{name}.safetensors")[1]["training"])
+        trained[role] = load_flexip(folder / f"{role}.safetensors")
+        facts[f"{role}_training"] = json.loads(read_flexip_header(folder / f"{role}.safetensors")[1]["training"])
+        facts.setdefault("stages", []).append(stage)
     return base, trained.get("flexip"), trained.get("baseline"), stages, facts
 
 
-def evaluate(size, base, flexip, baseline, stages, facts, progress=True):
+def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True):
     """The sweeps, cached as results.npz beside their stamp."""
     from . import world
     from .baseline import baseline_method
@@ -165,17 +208,18 @@ def evaluate(size, base, flexip, baseline, stages, facts, progress=True):
 
     _, held_out = world.split()
     cases = world.evaluation_cases(held_out[:size.eval_subjects], size.cases_per_subject)
-    path = stages.folder("evaluation") / "results.npz"
+    stage = f"evaluation-{variant.name}"
+    path = stages.folder(stage) / "results.npz"
     settings = [size.eval_subjects, size.cases_per_subject, list(size.seeds), list(size.gammas),
-                dataclasses.asdict(size.sampling)]
-    after = ["base", "encoders", "flexip"] + (["baseline"] if baseline is not None else [])
-    if not stages.current("evaluation", settings, ["world", "evaluate", "baseline"], after):
-        methods = [flexip_method(flexip, size.gammas)]
+                dataclasses.asdict(size.sampling), variant.references]
+    if not stages.current(stage, settings, ["world", "evaluate", "baseline"], facts["stages"]):
+        methods = [flexip_method(flexip, size.gammas, variant.references)]
         if baseline is not None:
-            methods.append(baseline_method(baseline, size.gammas))
+            methods.append(baseline_method(baseline, size.gammas, variant.references))
         results = run_sweeps(base, methods, cases, size.seeds, size.sampling, progress=progress)
         np.savez_compressed(path, **{f"{m}/{k}": np.asarray(v) for m, r in results.items() for k, v in r.items()})
         stages.done()
+    facts["stages"].append(stage)
     loaded = np.load(path)
     results = {}
     for key in loaded.files:
@@ -199,13 +243,35 @@ def drawability(size, base, cases, stages):
     return json.loads(path.read_text())
 
 
+def run_variant(size, cache, variant, report_dir, rebuild, progress):
+    from . import report
+    start = time.time()
+    base, flexip, baseline, stages, facts = build(size, cache, variant, rebuild, progress)
+    cases, results = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
+    drawable = drawability(size, base, cases, stages)
+    log("drawability: the base's reconstruction accuracy per attribute: "
+        + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
+    facts["wall_time"] = time.time() - start
+    # the build of this variant from nothing: the shared stages and its own
+    facts["stage_seconds"] = {name: stages.seconds(name) for name in
+                              ("data", "encoders", "base", *facts["stages"], "drawability")}
+    summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable)
+    log(f"report: {report_dir / 'report.md'}")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: the benchmark (about 45 min "
                         "on 2 CPU cores); ci: the CI-sized run (no baseline)")
+    parser.add_argument("--variant", nargs="+", choices=[*VARIANTS, "all"], default=[DEFAULT_VARIANT],
+                        help=f"training variants to build and report (default: {DEFAULT_VARIANT}, chosen by "
+                        "measurement; see benchmarks/README.md): " + "; ".join(
+                            f"{v.name}: {v.description}" for v in VARIANTS.values()))
     parser.add_argument("--cache", help="cache folder (default: .host/nano/<size>)")
-    parser.add_argument("--report", help="report folder (default: <cache>/report)")
+    parser.add_argument("--report", help="report folder (default: <cache>/report); each variant's report goes "
+                        "into <report>/<variant>, the ablation table over all of them into <report>/ablation.md")
     parser.add_argument("--rebuild", action="store_true", help="rebuild every stage, ignoring the cache")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: these models are small, and on a busy machine one thread runs several times faster than two that wait for each other)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -220,25 +286,18 @@ def main(argv=None):
         size = dataclasses.replace(size, adapters=adapters)
     cache = Path(args.cache) if args.cache else REPO / ".host" / "nano" / size.name
     report_dir = Path(args.report) if args.report else cache / "report"
-    progress = not args.no_progress
+    names = list(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
     from . import report
     from .base import import_comfy
     import_comfy()
     sys.path.insert(0, str(REPO))
-    start = time.time()
-    base, flexip, baseline, stages, facts = build(size, cache, args.rebuild, progress)
-    cases, results = evaluate(size, base, flexip, baseline, stages, facts, progress)
-    drawable = drawability(size, base, cases, stages)
-    log("drawability: the base's reconstruction accuracy per attribute: "
-        + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
-    facts["wall_time"] = time.time() - start
-    facts["stage_seconds"] = {name: stages.seconds(name) for name in
-                              ("data", "encoders", "base", "flexip", "baseline", "evaluation", "drawability")
-                              if (stages.folder(name) / "stamp.json").exists()}
-    summary = report.write_report(report_dir, size, cases, results, facts, cache, drawable)
-    log(f"report: {report_dir / 'report.md'}")
-    print(json.dumps(summary["targets"], indent=1))
-    return summary
+    summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress)
+                 for name in names}
+    report.write_ablation(report_dir)
+    log(f"ablation: {report_dir / 'ablation.md'}")
+    for name, summary in summaries.items():
+        print(json.dumps({name: summary["targets"]}, indent=1))
+    return summaries
 
 
 if __name__ == "__main__":

@@ -20,5 +20,5 @@ BASELINE_GATE = {"mode": "fixed", "alpha": 0.999, "beta": 0.001}
 NAME = "IP-Adapter-style"
 
 
-def baseline_method(flexip, values):
-    return Method(NAME, flexip, "strength", tuple(values), lambda strength: (1.0, strength))
+def baseline_method(flexip, values, references="scene"):
+    return Method(NAME, flexip, "strength", tuple(values), lambda strength: (1.0, strength), references)

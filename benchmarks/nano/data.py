@@ -11,21 +11,55 @@ sidecars, and the two JSONL manifests flexip_train's Trainer reads.
   so these teach "this subject, where the prompt says" (the personalization side, gamma near 0).
 In both, the body colour is named for half of the pictures and the pattern and its colour never.
 Every picture has its exact subject mask beside it as the builders' loss mask (<k>.loss.mask.png),
-which the training loss weighs by train.Budget.subject_weight.
+which the training loss weighs by train.Budget.subject_weight, and its subject alone
+(subjects/<subject>/<k>.png, subject_reference) for variants whose references show only the subject.
+index.json gives every picture's subject and scene. variant_manifests() turns the builders'
+manifests into a training variant's (train.VARIANTS).
 Every choice is fixed per picture (a hash), so the data is the same on every build.
 """
+import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from flexip_core.preprocess import BACKGROUND
+
 from . import world
+
+SUBJECT_BOX = (1.1, 1.5)  # a subject-only reference's box: this many times the subject's bounding box
+EVALUATION_SUBJECT_BOX = 1.3  # the evaluation's references: the middle of the training range
 
 
 def _coin(*key):
     """A fixed fair coin per key."""
     return hashlib.sha256("/".join(map(str, key)).encode()).digest()[0] % 2 == 0
+
+
+def _uniform(low, high, *key):
+    """A fixed draw in [low, high) per key."""
+    return low + (high - low) * int.from_bytes(hashlib.sha256("/".join(map(str, key)).encode()).digest()[:4]) / 2**32
+
+
+def subject_reference(picture, mask, scale):
+    """The subject alone, as a segmenting data pipeline gives it to the encoders: outside its exact
+    mask the picture becomes flexip_core.preprocess's grey; the square box `scale` times the longer
+    side of the mask's bounding box, about its centre, is cut out (grey beyond the picture) and
+    resized to the picture's size. picture [32, 32, 3], mask [32, 32] -> [32, 32, 3]."""
+    size = picture.shape[0]
+    subject = picture * mask[..., None] + BACKGROUND * (1 - mask[..., None])
+    ys, xs = torch.nonzero(mask > 0, as_tuple=True)
+    top, bottom, left, right = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    side = max(1, round(scale * max(bottom - top, right - left)))
+    y0, x0 = round((top + bottom - side) / 2), round((left + right - side) / 2)
+    padded = F.pad(subject.movedim(-1, 0), (size, size, size, size), value=BACKGROUND)
+    crop = padded[:, y0 + size:y0 + size + side, x0 + size:x0 + size + side]
+    return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0].movedim(0, -1).clamp(0, 1)
 
 
 def names_colour(subject_id, scene_id):
@@ -67,16 +101,22 @@ def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progr
     renderer = world.Renderer()
     rng = np.random.default_rng(seed)
     train, _ = world.split()
+    index = {}
     for subject_id in tqdm(train, desc="data: training pictures", unit="subject", disable=not progress):
         scenes = [int(c) for c in rng.choice(world.NUM_SCENES, views_per_subject, replace=False)]
         subjects = [subject_id] * len(scenes)
         pictures, masks = renderer.render(subjects, scenes), renderer.subject_mask(subjects, scenes)
         for k, (scene_id, picture, mask) in enumerate(zip(scenes, pictures, masks)):
+            name = f"{subject_id:03d}/{k}.png"
             for kind, caption in (("images", image_caption), ("views", view_caption)):
-                path = folder / kind / f"{subject_id:03d}" / f"{k}.png"
+                path = folder / kind / name
                 world.save_png(picture, path)
                 world.save_png(mask, path.with_name(path.stem + LOSS_MASK_SUFFIX))
                 path.with_suffix(".txt").write_text(caption(subject_id, scene_id))
+                index[f"{kind}/{name}"] = [subject_id, scene_id]
+            scale = _uniform(*SUBJECT_BOX, subject_id, scene_id, "box")
+            world.save_png(subject_reference(picture, mask, scale), folder / "subjects" / name)
+    (folder / "index.json").write_text(json.dumps(index, indent=0, sort_keys=True))
     manifests = []
     for name, build in (("images", lambda: images_manifest(folder / "images", progress=progress)),
                         ("multiview", lambda: multiview_manifest(folder / "views", pairs_per_view, progress=progress))):
@@ -86,3 +126,47 @@ def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progr
         manifests.append(folder / f"{name}.jsonl")
         write_manifest(samples, manifests[-1])
     return manifests
+
+
+def variant_manifests(folder, variant, out):
+    """The builders' manifests (write_training_data's) as training variant `variant` asks:
+    references of the subject alone (variant.references == "subject"), and image samples captioned
+    with another view's whole caption (variant.image_captions == "other_view": the caption then
+    contradicts the picture, which is its own reference and target: the conflict gamma 1 must win).
+    -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
+    from flexip_train.manifest import read_manifest, write_manifest
+
+    folder = Path(folder)
+    manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
+    if variant.references == "scene" and variant.image_captions == "own":
+        return manifests
+    index = json.loads((folder / "index.json").read_text())
+    views = {}  # subject -> its views' scenes, in order
+    for key, (subject, scene) in sorted(index.items()):
+        if key.startswith("views/"):
+            views.setdefault(subject, []).append(scene)
+
+    def relative(path):
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+
+    def reference(path):
+        return str(folder / "subjects" / relative(path).split("/", 1)[1]) if variant.references == "subject" else path
+
+    written = []
+    for manifest in manifests:
+        samples, problems = read_manifest(manifest)
+        if problems:
+            raise RuntimeError(f"nano data: {manifest} has problems: {problems[:3]}")
+        changed = []
+        for sample in samples:
+            caption = sample.caption
+            if sample.modality == "image" and variant.image_captions == "other_view":
+                subject, scene = index[relative(sample.target)]
+                scenes = views[subject]
+                caption = view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)])
+            changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references),
+                                               caption=caption))
+        written.append(Path(out) / manifest.name)
+        written[-1].parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(changed, written[-1])
+    return written

@@ -93,13 +93,20 @@ def score(decoder, pictures, cases):
 
 # --- Conditioning and patches ------------------------------------------------------------------
 
-def reference_pictures(renderer, cases, reference_size):
+def reference_pictures(renderer, cases, reference_size, references="scene"):
     """The cases' reference pictures as training loads a variant sample's reference: the 32 px
-    picture (PNG-quantised) resized to the dataset's reference size (the base resizes it back)."""
+    picture (PNG-quantised) resized to the dataset's reference size (the base resizes it back);
+    references="subject": the subject alone (data.subject_reference, box EVALUATION_SUBJECT_BOX)."""
     from PIL import Image
 
     from flexip_train.dataset import centre_box, square, to_tensor
-    pictures = renderer.render([c.subject for c in cases], [c.reference_scene for c in cases])
+
+    from .data import EVALUATION_SUBJECT_BOX, subject_reference
+    subjects, scenes = [c.subject for c in cases], [c.reference_scene for c in cases]
+    pictures = renderer.render(subjects, scenes)
+    if references == "subject":
+        pictures = torch.stack([subject_reference(p, m, EVALUATION_SUBJECT_BOX)
+                                for p, m in zip(pictures, renderer.subject_mask(subjects, scenes))])
     out = []
     for picture in pictures:
         image = Image.fromarray((picture.numpy() * 255).round().astype(np.uint8))
@@ -161,10 +168,11 @@ class Method:
     control: str           # the swept quantity's name, for plots
     values: tuple          # the control values
     gamma_strength: object  # value -> (gamma, strength)
+    references: str = "scene"  # what the encoders see: the whole picture, or the subject alone
 
 
-def flexip_method(flexip, values):
-    return Method("FlexIP", flexip, "gamma", tuple(values), lambda g: (g, 1.0))
+def flexip_method(flexip, values, references="scene"):
+    return Method("FlexIP", flexip, "gamma", tuple(values), lambda g: (g, 1.0), references)
 
 
 def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
@@ -174,7 +182,6 @@ def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
     renderer = world.Renderer()
     decoder = Decoder(renderer)
     reference_size = 2 * base.config.clip.resolution
-    _, references = reference_pictures(renderer, cases, reference_size)
     prompts = [c.prompt for c in cases]
     text, empty = base.text(prompts), base.empty_text(len(prompts)).clone()
     shape = (world.SIZE // 2, world.SIZE // 2)
@@ -184,7 +191,8 @@ def run_sweeps(base, methods, cases, seeds, sampling, progress=True):
                disable=not progress, dynamic_ncols=True)
     results = {}
     for name, method, values in runs:
-        tokens = adapter_tokens(method.flexip, base, references, prompts) if method else None
+        tokens = adapter_tokens(method.flexip, base, reference_pictures(renderer, cases, reference_size,
+                                                                        method.references)[1], prompts) if method else None
         out = {"values": list(values) if method else [], "pictures": [], **{k: [] for k in SCORES}}
         for seed in seeds:
             noise = sweep_noise(cases, seed, (UNET["in_channels"], *shape))

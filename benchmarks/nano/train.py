@@ -44,14 +44,50 @@ def nano_config(diffusion_model):
 # FlexIP's gate as the paper starts it: alpha (image samples) and beta (1 - gamma of variant samples)
 # learned from 0.9.
 FLEXIP_GATE = {"mode": "learned", "alpha": 0.9, "beta": 0.9}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How FlexIP-nano is trained (issue 15's variants). Recorded in the exported weight file's
+    training facts and in the report.
+
+    gate: flexip_train's [gate] section. image_captions: "own" (each image sample's own, incomplete
+    caption, as real captions are) or "other_view" (another view's whole caption, which the picture
+    contradicts: with gate mode "sampled" this teaches the conflict at every gamma). references:
+    "scene" (the whole picture) or "subject" (the subject alone, data.subject_reference)."""
+    name: str
+    gate: dict
+    image_captions: str = "own"
+    references: str = "scene"
+    description: str = ""
+
+    def facts(self):
+        return {"nano_variant": dataclasses.asdict(self)}
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("paper", FLEXIP_GATE, description="the paper's formulation: learned gate from 0.9, image samples "
+            "with their own captions, whole-scene references"),
+    Variant("conflict", {"mode": "sampled"}, image_captions="other_view",
+            description="(a) gamma ~ U(0, 1): the target is the reference with probability gamma, else another "
+            "view; the caption is always the other view's"),
+    Variant("subject", FLEXIP_GATE, references="subject",
+            description="(b) the paper's, with references of the subject alone (exact mask, box 1.1-1.5x, grey)"),
+    Variant("conflict-subject", {"mode": "sampled"}, image_captions="other_view", references="subject",
+            description="(a) + (b)"),
+    Variant("fixed-0.99", {"mode": "fixed", "alpha": 0.99, "beta": 0.99},
+            description="(d) the paper's with alpha = beta = 0.99 fixed"),
+)}
+DEFAULT_VARIANT = "paper"
 # CFG dropout: the paper's 5 % each, with the prompt dropped more often, so that the reference
 # alone has to carry the subject more often (design note).
 DROPOUT = {"text": 0.1, "image": 0.05, "both": 0.05}
 
 
 def train_adapters(base, flexip_config, manifests, folder, budget, gate=FLEXIP_GATE, seed=0, export_name="flexip-nano",
-                   progress=True):
-    """Train with flexip_train's Trainer (resuming a run left in `folder`); -> the exported weight file."""
+                   progress=True, facts=None):
+    """Train with flexip_train's Trainer (resuming a run left in `folder`); -> the exported weight
+    file, with `facts` added to its training facts."""
     from accelerate import Accelerator
 
     from flexip_train.config import config_from_dict
@@ -70,4 +106,4 @@ def train_adapters(base, flexip_config, manifests, folder, budget, gate=FLEXIP_G
     }, source="benchmarks.nano")
     trainer = Trainer(config, base, flexip_config, Accelerator(cpu=True), progress=progress)
     trainer.train()
-    return trainer.export()
+    return trainer.export(extra_facts=facts)

@@ -148,7 +148,7 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     (_, _, micro) = next(trainer.steps(0, 0))
     (items, keys), = micro
     batch = encode_items(trainer.base, items, None)
-    _, timesteps, noise, gamma_u = trainer.draws(keys, batch.latents.shape[1:])
+    _, timesteps, noise, (gamma_u, _) = trainer.draws(keys, batch.latents.shape[1:])
     gamma = sampled_gamma(gamma_u, batch.is_variant)
     assert 0 < gamma.min() and gamma.max() < 1 and not torch.equal(gamma, trainer.flexip.gate(batch.is_variant))
     noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
@@ -164,6 +164,33 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     trainer.train()
     facts = json.loads(safe_open(str(trainer.export(extra_facts={"variant": "x"})), "pt").metadata()["training"])
     assert facts["gate_mode"] == "sampled" and facts["variant"] == "x"
+
+
+def test_image_samples_timestep_split_and_text_dropout(manifests, tmp_path):
+    """loss.image_timesteps 0.5 and dropout.text_on_images 1: image samples train at half their drawn
+    timestep (the low-noise half) with the empty prompt; variant samples keep their timestep and
+    prompt. The loss equals one computed that way explicitly, and the export records both options."""
+    from flexip_core.training import drop, epsilon_loss, training_patches
+    from flexip_train.loop import encode_items
+    trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4}, loss={"image_timesteps": 0.5},
+                                       dropout={"text": 0.0, "image": 0.0, "both": 0.0, "text_on_images": 1.0}))
+    (_, _, micro) = next(trainer.steps(0, 0))
+    (items, keys), = micro
+    batch = encode_items(trainer.base, items, None)
+    assert batch.is_variant.any() and not batch.is_variant.all()
+    _, timesteps, noise, _ = trainer.draws(keys, batch.latents.shape[1:])
+    split = torch.where(batch.is_variant, timesteps, timesteps // 2)
+    assert (split[~batch.is_variant] < trainer.base.timesteps // 2).all()
+    text = drop(batch.text, ~batch.is_variant, trainer.base.empty_text(len(items)).to(batch.text))
+    noisy, sigma = trainer.base.add_noise(batch.latents, split, noise)
+    with torch.no_grad():
+        kv, gamma = trainer.conditioner(batch.clip, batch.dino, text, batch.is_variant)
+        x0 = trainer.base.denoise(noisy, sigma, text, training_patches(kv, gamma, trainer.base.attention))
+        expected = epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
+        assert trainer.loss(batch, keys).item() == expected.item()
+    trainer.train()
+    facts = json.loads(safe_open(str(trainer.export()), "pt").metadata()["training"])
+    assert facts["image_timesteps"] == 0.5 and facts["text_on_images"] == 1.0
 
 
 def test_cfg_dropout_drops_what_the_uncond_pass_drops(manifests, tmp_path):

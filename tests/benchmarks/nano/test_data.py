@@ -1,4 +1,8 @@
-"""The adapters' training data on disk (benchmarks/nano/data.py): captions and manifests."""
+"""The adapters' training data on disk (benchmarks/nano/data.py): captions, subject-only references and
+manifests, the training variants' included."""
+import json
+from pathlib import Path
+
 import numpy as np
 
 from benchmarks.nano import data, world
@@ -59,3 +63,44 @@ def test_training_data_holds_out_the_evaluation_subjects(tmp_path):
         scene = next(c for c in range(world.NUM_SCENES)
                      if np.abs(renderer.render([subject], [c])[0].numpy() - picture).max() < 1 / 255)
         assert np.abs(mask - renderer.subject_mask([subject], [scene])[0].numpy()).max() < 1 / 255  # 8-bit
+
+
+def test_subject_reference_keeps_the_subject_alone_centred_at_its_box():
+    import torch
+    from flexip_core.preprocess import BACKGROUND
+    renderer = world.Renderer()
+    subject, scene = world.Subject("square", "blue", "half", "white").id, world.Scene("grass", "left", "large").id
+    picture, mask = renderer.render([subject], [scene])[0], renderer.subject_mask([subject], [scene])[0]
+    for scale in (1.1, 1.5):
+        out = data.subject_reference(picture, mask, scale)
+        assert out.shape == picture.shape
+        grey = (out - BACKGROUND).abs().amax(-1) < 1e-6
+        ys, xs = torch.nonzero(~grey, as_tuple=True)
+        # the subject fills about 1 / scale of the side, in the middle; the grass is gone
+        extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1).item() / world.SIZE
+        assert abs(extent - 1 / scale) < 0.1, (scale, extent)
+        assert abs((ys.min() + ys.max()).item() / 2 - 15.5) <= 1.5 and abs((xs.min() + xs.max()).item() / 2 - 15.5) <= 1.5
+        grass = torch.tensor(world.BACKGROUNDS["grass"]) / 255
+        assert not ((out - grass).abs().amax(-1) < 0.05).any()
+
+
+def test_variant_manifests(tmp_path):
+    from flexip_train.manifest import read_manifest
+    from benchmarks.nano.train import VARIANTS
+    images, multiview = data.write_training_data(tmp_path, views_per_subject=3, pairs_per_view=1, progress=False)
+    assert data.variant_manifests(tmp_path, VARIANTS["paper"], tmp_path / "paper") == [images, multiview]
+    index = json.loads((tmp_path / "index.json").read_text())
+    conflict = data.variant_manifests(tmp_path, VARIANTS["conflict-subject"], tmp_path / "conflict")
+    original, changed = read_manifest(images)[0], read_manifest(conflict[0])[0]
+    assert len(original) == len(changed)
+    for before, after in zip(original, changed):
+        subject, scene = index[str(Path(before.target).relative_to(tmp_path))]
+        other = [c for key, (s, c) in index.items() if key.startswith("views/") and s == subject and c != scene]
+        assert after.target == before.target and after.loss_mask == before.loss_mask
+        assert after.caption in {data.view_caption(subject, c) for c in other}  # another view's whole caption
+        assert after.references == (before.target.replace("/images/", "/subjects/"),)
+        assert Path(after.references[0]).is_file()
+    views_before, views_after = read_manifest(multiview)[0], read_manifest(conflict[1])[0]
+    for before, after in zip(views_before, views_after):
+        assert after.caption == before.caption and after.target == before.target
+        assert after.references == tuple(r.replace("/views/", "/subjects/") for r in before.references)

@@ -35,7 +35,8 @@ def ci_run(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", "ci", "--cache", str(cache),
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((cache / "report" / "summary.json").read_text())
+    from benchmarks.nano.train import DEFAULT_VARIANT
+    summary = json.loads((cache / "report" / DEFAULT_VARIANT / "summary.json").read_text())
     return cache, summary, time.time() - start
 
 
@@ -43,8 +44,9 @@ def test_ci_run_builds_everything_and_writes_the_report(ci_run):
     cache, summary, seconds = ci_run
     for name in ("report.md", "controls.png", "front.png", "smoothness.png", "contact_sheet.png", "gamma_sweep.png",
                  "training_flexip.png", "summary.json"):
-        assert (cache / "report" / name).stat().st_size > 0, name
-    assert (cache / "flexip" / "flexip.safetensors").is_file()
+        assert (cache / "report" / summary["facts"]["variant"]["name"] / name).stat().st_size > 0, name
+    assert (cache / "report" / "ablation.md").stat().st_size > 0
+    assert (cache / f"flexip-{summary['facts']['variant']['name']}" / "flexip.safetensors").is_file()
     training = summary["facts"]["flexip_training"]
     assert training["steps"] == summary["facts"]["size"]["adapters"]["steps"] and training["variant_samples"] > 0
     print(f"CI-sized nano run: {seconds / 60:.1f} min; stages {summary['facts']['stage_seconds']}")

@@ -144,7 +144,7 @@ def test_report_on_rendered_sweeps(tmp_path):
         found = [score(Decoder(renderer), torch.as_tensor(p).float() / 255, cases) for p in r["pictures"][0]]
         for key in found[0]:
             r[key] = np.stack([np.stack([f[key].numpy() for f in found])])
-    facts = {"size": {}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
+    facts = {"size": {}, "variant": {"name": "paper", "description": "the paper's"}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
              "stage_seconds": {"base": 60.0}, "wall_time": 60.0}
     drawable = {a: 1.0 for a in scoring.ATTRIBUTES}
     summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable)
