@@ -123,15 +123,18 @@ class Stages:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        self.pending = (path, stamp, time.time())
+        self.pending = (path, stamp, time.time(), time.process_time())
         return False
 
     def done(self):
-        path, stamp, start = self.pending
-        path.write_text(json.dumps({"stamp": stamp, "seconds": time.time() - start}, indent=1, sort_keys=True))
+        path, stamp, start, cpu = self.pending
+        path.write_text(json.dumps({"stamp": stamp, "seconds": time.time() - start,
+                                    "cpu_seconds": time.process_time() - cpu}, indent=1, sort_keys=True))
 
-    def seconds(self, name):
-        return json.loads((self.folder(name) / "stamp.json").read_text())["seconds"]
+    def seconds(self, name, kind="seconds"):
+        """The stage's build time: wall-clock "seconds", or "cpu_seconds" (this process's CPU time: on one
+        torch thread, about what the stage takes on a quiet core however busy the machine was)."""
+        return json.loads((self.folder(name) / "stamp.json").read_text()).get(kind)
 
 
 def log(message):
@@ -191,8 +194,7 @@ def build(size, cache, variant, rebuild=False, progress=True):
                               ["data", "encoders", "base"]):
             log(f"{stage}: training with flexip_train's Trainer ({recipe.description or recipe.name})")
             manifests = data.variant_manifests(data_folder, recipe, folder / "manifests")
-            train_adapters(base, config, manifests, folder, size.adapters, recipe.gate, export_name=role,
-                           progress=progress, facts=recipe.facts())
+            train_adapters(base, config, manifests, folder, size.adapters, recipe, export_name=role, progress=progress)
             stages.done()
         trained[role] = load_flexip(folder / f"{role}.safetensors")
         facts[f"{role}_training"] = json.loads(read_flexip_header(folder / f"{role}.safetensors")[1]["training"])
@@ -253,8 +255,9 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress):
         + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
     facts["wall_time"] = time.time() - start
     # the build of this variant from nothing: the shared stages and its own
-    facts["stage_seconds"] = {name: stages.seconds(name) for name in
-                              ("data", "encoders", "base", *facts["stages"], "drawability")}
+    built = ("data", "encoders", "base", *facts["stages"], "drawability")
+    facts["stage_seconds"] = {name: stages.seconds(name) for name in built}
+    facts["stage_cpu_seconds"] = {name: stages.seconds(name, "cpu_seconds") for name in built}
     summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable)
     log(f"report: {report_dir / 'report.md'}")
     return summary

@@ -175,7 +175,7 @@ def front_covered(flexip, baseline):
     return {i: any(as_good(j, i) for j in range(len(flexip["values"]))) for i in baseline_front(baseline)}
 
 
-def claim_targets(claim, minutes):
+def claim_targets(claim, minutes, cpu_minutes=None):
     """Issue 15's targets on the claim's metric."""
     flexip, base = claim[FLEXIP], claim["base"]
     seeds = flexip["per_seed"]
@@ -200,6 +200,9 @@ def claim_targets(claim, minutes):
                          all(covered.values()))
     if minutes is not None:
         rows["time"] = (f"the whole build, from nothing, <= {MAX_MINUTES} min", [minutes], minutes <= MAX_MINUTES)
+    if cpu_minutes is not None:
+        rows["time_cpu"] = (f"the whole build's CPU time (one torch thread: its time on a quiet core) <= {MAX_MINUTES} "
+                            "min", [cpu_minutes], cpu_minutes <= MAX_MINUTES)
     return {k: {"target": t, "values": [_round(v) for v in values], "met": bool(met)} for k, (t, values, met) in rows.items()}
 
 
@@ -375,7 +378,9 @@ def write_report(folder, size, cases, results, facts, cache, drawable):
     first["targets"] = targets(first, minutes)
     first["mrank"] = ranks(first)
     summary = summarize_claim(rescore(results, cases, drawable), results)
-    summary.update(targets=claim_targets(summary, minutes), mrank=ranks(summary), drawable=drawable,
+    cpu = facts.get("stage_cpu_seconds", {})
+    cpu_minutes = sum(cpu.values()) / 60 if cpu and all(v is not None for v in cpu.values()) else None
+    summary.update(targets=claim_targets(summary, minutes, cpu_minutes), mrank=ranks(summary), drawable=drawable,
                    counted=sorted(scoring.counted(drawable)), first_evaluator=first, facts=facts)
     plot_controls(summary, folder / "controls.png")
     plot_front(summary, folder / "front.png")
@@ -522,6 +527,11 @@ def markdown(summary, size, cases, facts, seconds, minutes):
                          f"alpha {training['alpha']:.3f}, beta {training['beta']:.3f}.")
     lines.append("- Stage build times (minutes): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
                  + (f"; total {minutes:.1f}." if minutes is not None else "."))
+    cpu = facts.get("stage_cpu_seconds", {})
+    if cpu and all(v is not None for v in cpu.values()):
+        lines.append("- The same stages' CPU time (one torch thread: about their time on a quiet core, however busy "
+                     "the machine was): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in cpu.items())
+                     + f"; total {sum(cpu.values()) / 60:.1f} min.")
     lines.append(f"- This invocation took {facts['wall_time'] / 60:.1f} min (cached stages are not rebuilt).")
     return "\n".join(lines) + "\n"
 
@@ -529,7 +539,7 @@ def markdown(summary, size, cases, facts, seconds, minutes):
 # --- The ablation: every variant reported under one folder ---------------------------------------
 
 ABLATION_TARGETS = ("spearman_identity", "spearman_prompt", "identity_jump", "identity_at_1", "prompt_at_0", "front",
-                    "time")
+                    "time", "time_cpu")
 
 
 def write_ablation(folder):

@@ -54,11 +54,14 @@ class Variant:
     gate: flexip_train's [gate] section. image_captions: "own" (each image sample's own, incomplete
     caption, as real captions are) or "other_view" (another view's whole caption, which the picture
     contradicts: with gate mode "sampled" this teaches the conflict at every gamma). references:
-    "scene" (the whole picture) or "subject" (the subject alone, data.subject_reference)."""
+    "scene" (the whole picture) or "subject" (the subject alone, data.subject_reference).
+    text_on_images, image_timesteps: flexip_train's dropout.text_on_images and loss.image_timesteps."""
     name: str
     gate: dict
     image_captions: str = "own"
     references: str = "scene"
+    text_on_images: float = 0.0
+    image_timesteps: float = 1.0
     description: str = ""
 
     def facts(self):
@@ -75,6 +78,9 @@ VARIANTS = {v.name: v for v in (
             description="(b) the paper's, with references of the subject alone (exact mask, box 1.1-1.5x, grey)"),
     Variant("conflict-subject", {"mode": "sampled"}, image_captions="other_view", references="subject",
             description="(a) + (b)"),
+    Variant("split-dropout", FLEXIP_GATE, text_on_images=0.5, image_timesteps=0.5,
+            description="(c) the paper's, with image samples in the low-noise half of the schedule and their "
+            "prompt dropped half the time"),
     Variant("fixed-0.99", {"mode": "fixed", "alpha": 0.99, "beta": 0.99},
             description="(d) the paper's with alpha = beta = 0.99 fixed"),
 )}
@@ -84,10 +90,10 @@ DEFAULT_VARIANT = "paper"
 DROPOUT = {"text": 0.1, "image": 0.05, "both": 0.05}
 
 
-def train_adapters(base, flexip_config, manifests, folder, budget, gate=FLEXIP_GATE, seed=0, export_name="flexip-nano",
-                   progress=True, facts=None):
-    """Train with flexip_train's Trainer (resuming a run left in `folder`); -> the exported weight
-    file, with `facts` added to its training facts."""
+def train_adapters(base, flexip_config, manifests, folder, budget, variant, seed=0, export_name="flexip-nano",
+                   progress=True):
+    """Train a variant with flexip_train's Trainer (resuming a run left in `folder`); -> the
+    exported weight file, the variant in its training facts."""
     from accelerate import Accelerator
 
     from flexip_train.config import config_from_dict
@@ -100,10 +106,10 @@ def train_adapters(base, flexip_config, manifests, folder, budget, gate=FLEXIP_G
         "data": {"manifests": [str(m) for m in manifests], "resolution": world.SIZE, "batch_size": budget.batch,
                  "num_workers": 0},
         "optim": {"lr": budget.lr, "warmup_steps": budget.warmup, "weight_decay": 0.01, "max_grad_norm": 1.0},
-        "gate": dict(gate),
-        "dropout": dict(DROPOUT),
-        "loss": {"subject_weight": budget.subject_weight},
+        "gate": dict(variant.gate),
+        "dropout": {**DROPOUT, "text_on_images": variant.text_on_images},
+        "loss": {"subject_weight": budget.subject_weight, "image_timesteps": variant.image_timesteps},
     }, source="benchmarks.nano")
     trainer = Trainer(config, base, flexip_config, Accelerator(cpu=True), progress=progress)
     trainer.train()
-    return trainer.export(extra_facts=facts)
+    return trainer.export(extra_facts=variant.facts())
