@@ -12,6 +12,7 @@ from it. Variants share the data, encoders and base, and the baseline where thei
 import argparse
 import ast
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
@@ -103,7 +104,9 @@ class Stages:
     """Cached stages. current(name, settings, modules, after) says whether a stage's cached output
     is current (its settings, its code and the stamps of the stages it is built from unchanged),
     clearing it if not; done() stamps it with the time it took, which the report shows for cached
-    stages too."""
+    stages too. A stage being built holds a lock file from current() to done(), so that runs of
+    several variants in parallel processes wait for a shared stage (the base, a baseline) instead
+    of building it twice."""
 
     def __init__(self, root, rebuild, code_root=REPO):
         self.root, self.rebuild, self.code_root = Path(root), rebuild, code_root
@@ -118,18 +121,23 @@ class Stages:
                            for a in after}}
         self.stamps[name] = stamp
         folder, path = self.folder(name), self.folder(name) / "stamp.json"
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = open(self.root / f"{name}.lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by done(), or by the OS if the builder dies
         if not self.rebuild and path.exists() and json.loads(path.read_text())["stamp"] == stamp:
+            lock.close()
             return True
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        self.pending = (path, stamp, time.time(), time.process_time())
+        self.pending = (path, stamp, time.time(), time.process_time(), lock)
         return False
 
     def done(self):
-        path, stamp, start, cpu = self.pending
+        path, stamp, start, cpu, lock = self.pending
         path.write_text(json.dumps({"stamp": stamp, "seconds": time.time() - start,
                                     "cpu_seconds": time.process_time() - cpu}, indent=1, sort_keys=True))
+        lock.close()
 
     def seconds(self, name, kind="seconds"):
         """The stage's build time: wall-clock "seconds", or "cpu_seconds" (this process's CPU time: on one

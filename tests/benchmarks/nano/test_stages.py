@@ -33,3 +33,23 @@ def test_an_edit_to_a_training_module_rebuilds_the_stage(tmp_path):
     assert not (stages.folder("flexip-paper") / "flexip.safetensors").exists()  # cleared for the rebuild
     # an edit elsewhere (the data stage does not import the loop) leaves the data stage current
     assert not Stages(tmp_path / "cache", False, code).current("data", [1], ["world", "data"])
+
+
+def test_a_stage_being_built_makes_another_process_wait_for_it(tmp_path):
+    """Two runs in parallel share a stage: the second waits for the first's done() and then finds it
+    current, instead of clearing the folder under it."""
+    import subprocess
+    import sys
+    import time
+    stages = Stages(tmp_path, rebuild=False)
+    assert not stages.current("base", [1], ["world"])
+    (stages.folder("base") / "weights").write_text("built")
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.nano.__main__ import Stages; "
+        "print(Stages(sys.argv[1], False).current('base', [1], ['world']))"), str(tmp_path), str(REPO)],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert other.poll() is None  # waiting on the lock
+    stages.done()
+    assert other.communicate(timeout=60)[0].strip() == "True"
+    assert (stages.folder("base") / "weights").read_text() == "built"
