@@ -22,6 +22,7 @@ from .baseline import NAME as BASELINE
 
 FLEXIP = "FlexIP"
 AXES = ("identity", "prompt", "layout_copy")
+LABELS = {"identity": "identity", "prompt": "prompt", "layout_copy": "layout copying"}
 CLOSE_TO_BASE = 0.05  # issue 15: FlexIP's prompt score at gamma 0 within this of the base model's
 # The issue's targets; "far above" and "close to" are made numbers here, before any result.
 FAR_ABOVE = 0.2   # identity at gamma 1 at least this much above the base model's (scores are fractions)
@@ -228,9 +229,9 @@ def plot_controls(summary, path):
                     ax.plot(m["values"], curve, color=colour, alpha=0.25, linewidth=0.8)
         ax.axhline(summary["base"][axis][0], color="grey", linestyle="--", label="base model alone")
         ax.set_xlabel("control (gamma for FlexIP, strength for the baseline)")
-        ax.set_ylabel(axis.replace("_", " "))
+        ax.set_ylabel(LABELS[axis])
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{axis.replace('_', ' ')} (bars: 1 s.e.; faint: per seed)")
+        ax.set_title(f"{LABELS[axis]} (bars: 1 s.e.; faint: per seed)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -452,9 +453,9 @@ def markdown(summary, size, cases, facts, seconds, minutes):
         if method in summary:
             m = summary[method]
             for axis in AXES:
-                lines.append(_curve_row(f"{method} {axis.replace('_', ' ')} ({control})", m[axis], m[f"{axis}_se"]))
+                lines.append(_curve_row(f"{method} {LABELS[axis]} ({control})", m[axis], m[f"{axis}_se"]))
     base = summary["base"]
-    lines += ["", "**Base model alone**: " + ", ".join(f"{axis.replace('_', ' ')} {_f(base[axis][0])} ± "
+    lines += ["", "**Base model alone**: " + ", ".join(f"{LABELS[axis]} {_f(base[axis][0])} ± "
                                                         f"{_f(base[axis + '_se'][0])}" for axis in AXES) + ".", ""]
     lines += ["## What the base model can draw", "",
               "Each case's target (its subject in the prompt's scene) noised half-way along the sampler's schedule "
@@ -588,7 +589,7 @@ def write_ablation(folder):
                 b = summary[BASELINE]
                 ax.plot(b["values"], b[axis], "--", color=f"C{k}", alpha=0.6, label=f"baseline ({name}'s references)")
         ax.set_xlabel("control (gamma; strength for the dashed baselines)")
-        ax.set_title(axis.replace("_", " "))
+        ax.set_title(LABELS[axis])
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=6)
     fig.tight_layout()
