@@ -49,20 +49,27 @@ def import_comfy():
 
 
 def comfy_from_another_tree():
-    """Where this process imported `comfy` from, if not from the selected host's ComfyUI."""
-    module = sys.modules.get("comfy")
-    origin = Path(module.__file__).resolve() if module is not None and module.__file__ else None
-    return origin if origin is not None and not origin.is_relative_to(COMFYUI.resolve()) else None
+    """A module of ComfyUI's `comfy` package this process imported from outside the selected host's ComfyUI.
+    (`comfy` is a namespace package: each submodule is looked up along sys.path when first imported.)"""
+    root = COMFYUI.resolve()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("comfy.") and getattr(module, "__file__", None):
+            origin = Path(module.__file__).resolve()
+            if not origin.is_relative_to(root):
+                return origin
+    return None
 
 
 def pytest_configure(config):
     if Path(sys.prefix).resolve() != host.VENV.resolve():
         raise pytest.UsageError(f"FLEXIP_HOST={host.SELECTED.name} runs in {host.VENV}, not {sys.prefix}: "
                                 f"run {host.PYTHON} -m pytest (scripts/test.sh does)")
-    if host.SELECTED.name != host.PINNED and (COMFYUI / "comfy").is_dir():
-        # Imported first, so that helpers which put host 0.3.75's ComfyUI on sys.path (benchmarks/nano/base.py)
-        # get this host's modules in this process.
-        import_comfy()
+    # This host's ComfyUI first on sys.path and, on another host, host 0.3.75's last: benchmarks/nano/base.py
+    # puts host 0.3.75's on sys.path only when it is missing, so this order stays and `comfy`'s modules
+    # come from this host.
+    sys.path.insert(0, str(COMFYUI))
+    if host.SELECTED.name != host.PINNED:
+        sys.path.append(str(host.HOSTS[host.PINNED].comfyui))
 
 
 def pytest_report_header(config):
@@ -102,7 +109,7 @@ def pytest_runtest_makereport(item, call):
     stray = comfy_from_another_tree()
     if stray is not None and report.when == "teardown" and report.passed:
         report.outcome = "failed"
-        report.longrepr = f"`comfy` was imported from {stray}, not from the selected {host_label()}"
+        report.longrepr = f"a `comfy` module was imported from {stray}, not from the selected {host_label()}"
     if report.failed:
         report.sections.append(("FlexIP test host", host_label()))
 
