@@ -105,7 +105,7 @@ def measure(pack, files, args, folder):
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
+        deadline = time.time() + 360  # ComfyUI 0.33.0 starts in over 120 s on a busy 2-core machine
         while True:
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"ComfyUI did not start:\n{log_path.read_text()[-3000:]}")

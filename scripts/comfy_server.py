@@ -46,7 +46,7 @@ class ComfyServer:
         self.process = None
         self.log_path = RUN / f"server-{self.port}.log"
 
-    def start(self, timeout=120):
+    def start(self, timeout=360):  # ComfyUI 0.33.0 imports ~900 nodes: on a busy 2-core machine, over 120 s
         for folder in ("input", "output", "user"):
             (RUN / folder).mkdir(parents=True, exist_ok=True)
         for folder in MODEL_FOLDERS:
