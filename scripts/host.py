@@ -201,9 +201,9 @@ def second_host_source(source):
         path = Path(source).expanduser().resolve()
         if path.is_dir():
             head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-            return path, digest(path, head.stdout, path / "comfyui_version.py", path / "requirements.txt")
+            return path, digest(str(path), head.stdout, path / "comfyui_version.py", path / "requirements.txt")
         if path.is_file():
-            return path, digest(path, file_sha256(path))
+            return path, digest(str(path), file_sha256(path))
         raise SystemExit(f"--source / {SOURCE_ENV}: {source} is neither a ComfyUI checkout nor a tarball")
     if SHARED_TARBALL.exists():
         return SHARED_TARBALL, digest(SHARED_TARBALL_SHA256)
