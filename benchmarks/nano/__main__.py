@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -149,8 +150,11 @@ def log(message):
     print(f"[nano] {message}", flush=True)
 
 
-def build(size, cache, variant, rebuild=False, progress=True):
-    """Every stage the variant needs, cached; -> (base, flexip, baseline or None, stages, facts)."""
+def build(size, cache, variant, rebuild=False, progress=True, helper=None, baseline_only=False):
+    """Every stage the variant needs, cached; -> (base, flexip, baseline or None, stages, facts).
+    helper: a command line that builds the variant's baseline in a second process (started just
+    before FlexIP's training, so that the two train side by side on two cores; the stage lock makes
+    this process wait for it). baseline_only: build the shared stages and the baseline, nothing else."""
     from flexip_core.config import register_config
 
     from . import base as nano_base
@@ -196,6 +200,9 @@ def build(size, cache, variant, rebuild=False, progress=True):
         runs.append((f"baseline-{variant.references}", "baseline",
                      Variant(f"baseline-{variant.references}", BASELINE_GATE, references=variant.references),
                      ["train", "data", "baseline"]))
+    if baseline_only:
+        runs = runs[1:]
+    second = subprocess.Popen(helper) if helper and size.baseline and not baseline_only else None
     for stage, role, recipe, modules in runs:
         folder = stages.folder(stage)
         if not stages.current(stage, [dataclasses.asdict(size.adapters), dataclasses.asdict(recipe)], modules,
@@ -207,6 +214,8 @@ def build(size, cache, variant, rebuild=False, progress=True):
         trained[role] = load_flexip(folder / f"{role}.safetensors")
         facts[f"{role}_training"] = json.loads(read_flexip_header(folder / f"{role}.safetensors")[1]["training"])
         facts.setdefault("stages", []).append(stage)
+    if second is not None and second.wait() != 0:
+        raise RuntimeError(f"nano: the baseline's process failed (exit code {second.returncode}): {' '.join(helper)}")
     return base, trained.get("flexip"), trained.get("baseline"), stages, facts
 
 
@@ -253,10 +262,10 @@ def drawability(size, base, cases, stages):
     return json.loads(path.read_text())
 
 
-def run_variant(size, cache, variant, report_dir, rebuild, progress):
+def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None):
     from . import report
     start = time.time()
-    base, flexip, baseline, stages, facts = build(size, cache, variant, rebuild, progress)
+    base, flexip, baseline, stages, facts = build(size, cache, variant, rebuild, progress, helper)
     cases, results = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
     drawable = drawability(size, base, cases, stages)
     log("drawability: the base's reconstruction accuracy per attribute: "
@@ -266,6 +275,7 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress):
     built = ("data", "encoders", "base", *facts["stages"], "drawability")
     facts["stage_seconds"] = {name: stages.seconds(name) for name in built}
     facts["stage_cpu_seconds"] = {name: stages.seconds(name, "cpu_seconds") for name in built}
+    facts["parallel_adapters"] = helper is not None
     summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable)
     log(f"report: {report_dir / 'report.md'}")
     return summary
@@ -286,6 +296,10 @@ def main(argv=None):
     parser.add_argument("--rebuild", action="store_true", help="rebuild every stage, ignoring the cache")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: these models are small, and on a busy machine one thread runs several times faster than two that wait for each other)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes (default 2: the baseline "
+                        "trains in a second process beside FlexIP, one torch thread each; 1: one after the other)")
+    parser.add_argument("--baseline-only", action="store_true", help="build the shared stages and the variant's "
+                        "baseline, nothing else (what --jobs 2 runs in its second process)")
     parser.add_argument("--subject-weight", type=float, help="the adapters' loss weight of the subject's pixels "
                         "against the background's 1 (default: the size's, "
                         f"{SIZES['full'].adapters.subject_weight:g}; 1: unweighted); FlexIP and the baseline alike")
@@ -302,8 +316,20 @@ def main(argv=None):
     from .base import import_comfy
     import_comfy()
     sys.path.insert(0, str(REPO))
-    summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress)
-                 for name in names}
+    if args.baseline_only:
+        for name in names:
+            build(size, cache, VARIANTS[name], progress=False, baseline_only=True)
+        return {}
+
+    def helper(name):  # the same run, for the baseline alone (cached stages are only read)
+        if args.jobs == 1 or args.rebuild:  # --rebuild: one process, which rebuilds each stage once
+            return None
+        return [sys.executable, "-m", "benchmarks.nano", "--size", args.size, "--variant", name, "--cache", str(cache),
+                "--threads", str(args.threads), "--baseline-only",
+                *(["--subject-weight", str(args.subject_weight)] if args.subject_weight is not None else [])]
+
+    summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress,
+                                   helper(name)) for name in names}
     report.write_ablation(report_dir)
     log(f"ablation: {report_dir / 'ablation.md'}")
     for name, summary in summaries.items():

@@ -88,7 +88,8 @@ def targets(summary, minutes):
         ours, theirs = flexip["mean_curve"]["front_area"], summary[BASELINE]["mean_curve"]["front_area"]
         rows["front"] = ("front area (prompt x identity) of FlexIP >= the baseline's", [ours, theirs], ours >= theirs)
     if minutes is not None:
-        rows["time"] = (f"the whole build, from nothing, <= {MAX_MINUTES} min", [minutes], minutes <= MAX_MINUTES)
+        rows["time"] = (f"the whole build, from nothing, <= {MAX_MINUTES} min (its stages' wall-clock times)", [minutes],
+                        minutes <= MAX_MINUTES)
     return {k: {"target": t, "values": [_round(v) for v in values], "met": bool(met)} for k, (t, values, met) in rows.items()}
 
 
@@ -200,7 +201,8 @@ def claim_targets(claim, minutes, cpu_minutes=None):
                          "standard error", [theirs["values"][i] for i, ok in covered.items() if not ok],
                          all(covered.values()))
     if minutes is not None:
-        rows["time"] = (f"the whole build, from nothing, <= {MAX_MINUTES} min", [minutes], minutes <= MAX_MINUTES)
+        rows["time"] = (f"the whole build, from nothing, <= {MAX_MINUTES} min (its stages' wall-clock times)", [minutes],
+                        minutes <= MAX_MINUTES)
     if cpu_minutes is not None:
         rows["time_cpu"] = (f"the whole build's CPU time (one torch thread: its time on a quiet core) <= {MAX_MINUTES} "
                             "min", [cpu_minutes], cpu_minutes <= MAX_MINUTES)
@@ -369,18 +371,27 @@ def gamma_sweep_sheet(results, cases, path, shown=6, scale=4):
 
 # --- The report --------------------------------------------------------------------------------
 
+def build_minutes(seconds, parallel):
+    """A build's length from its stages' times: one after the other, except that FlexIP and its
+    baseline train side by side when `parallel` (--jobs 2 on two cores)."""
+    adapters = [v for k, v in seconds.items() if k.startswith(("flexip-", "baseline-"))]
+    rest = sum(v for k, v in seconds.items() if not k.startswith(("flexip-", "baseline-")))
+    return (rest + (max(adapters, default=0) if parallel else sum(adapters))) / 60
+
+
 def write_report(folder, size, cases, results, facts, cache, drawable):
     """The report on the claim's metric (scoring.py), with the first evaluator's numbers beside it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = facts.get("stage_seconds", {})
-    minutes = sum(seconds.values()) / 60 if seconds else None
+    parallel = facts.get("parallel_adapters", False)
+    minutes = build_minutes(seconds, parallel) if seconds else None
     first = summarize(results)
     first["targets"] = targets(first, minutes)
     first["mrank"] = ranks(first)
     summary = summarize_claim(rescore(results, cases, drawable), results)
     cpu = facts.get("stage_cpu_seconds", {})
-    cpu_minutes = sum(cpu.values()) / 60 if cpu and all(v is not None for v in cpu.values()) else None
+    cpu_minutes = build_minutes(cpu, parallel) if cpu and all(v is not None for v in cpu.values()) else None
     summary.update(targets=claim_targets(summary, minutes, cpu_minutes), mrank=ranks(summary), drawable=drawable,
                    counted=sorted(scoring.counted(drawable)), first_evaluator=first, facts=facts)
     plot_controls(summary, folder / "controls.png")
@@ -532,7 +543,8 @@ def markdown(summary, size, cases, facts, seconds, minutes):
     if cpu and all(v is not None for v in cpu.values()):
         lines.append("- The same stages' CPU time (one torch thread: about their time on a quiet core, however busy "
                      "the machine was): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in cpu.items())
-                     + f"; total {sum(cpu.values()) / 60:.1f} min.")
+                     + f"; the build's length from them {build_minutes(cpu, parallel):.1f} min"
+                     + (" (FlexIP and the baseline side by side)." if parallel else "."))
     lines.append(f"- This invocation took {facts['wall_time'] / 60:.1f} min (cached stages are not rebuilt).")
     return "\n".join(lines) + "\n"
 

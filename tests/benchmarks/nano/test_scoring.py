@@ -163,3 +163,10 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert "The first evaluator's numbers" in text and "± 0.000" in text
     for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_build_minutes_counts_the_adapters_side_by_side_when_parallel():
+    seconds = {"data": 6, "encoders": 114, "base": 1068, "flexip-paper": 708, "baseline-scene": 684,
+               "evaluation-paper": 222, "drawability": 18}
+    assert report.build_minutes(seconds, parallel=False) == pytest.approx(2820 / 60)
+    assert report.build_minutes(seconds, parallel=True) == pytest.approx((2820 - 684) / 60)
