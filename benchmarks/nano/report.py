@@ -539,7 +539,7 @@ def markdown(summary, size, cases, facts, seconds, minutes):
                          f"alpha {training['alpha']:.3f}, beta {training['beta']:.3f}.")
     lines.append("- Stage build times (minutes): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
                  + (f"; total {minutes:.1f}." if minutes is not None else "."))
-    cpu = facts.get("stage_cpu_seconds", {})
+    cpu, parallel = facts.get("stage_cpu_seconds", {}), facts.get("parallel_adapters", False)
     if cpu and all(v is not None for v in cpu.values()):
         lines.append("- The same stages' CPU time (one torch thread: about their time on a quiet core, however busy "
                      "the machine was): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in cpu.items())

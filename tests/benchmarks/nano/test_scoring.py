@@ -145,7 +145,9 @@ def test_report_on_rendered_sweeps(tmp_path):
         for key in found[0]:
             r[key] = np.stack([np.stack([f[key].numpy() for f in found])])
     facts = {"size": {}, "variant": {"name": "paper", "description": "the paper's"}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
-             "stage_seconds": {"base": 60.0}, "wall_time": 60.0}
+             "stage_seconds": {"base": 60.0, "flexip-paper": 30.0, "baseline-scene": 20.0},
+             "stage_cpu_seconds": {"base": 54.0, "flexip-paper": 30.0, "baseline-scene": 18.0},
+             "parallel_adapters": True, "wall_time": 60.0}
     drawable = {a: 1.0 for a in scoring.ATTRIBUTES}
     summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable)
     ours = summary[report.FLEXIP]
@@ -161,6 +163,8 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert summary["first_evaluator"]["targets"]["front"]["met"]
     text = (tmp_path / "report.md").read_text()
     assert "The first evaluator's numbers" in text and "± 0.000" in text
+    assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
+    assert "the build's length from them 1.4 min (FlexIP and the baseline side by side)" in text
     for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png"):
         assert (tmp_path / name).stat().st_size > 0
 
