@@ -108,7 +108,7 @@ def nano_sweep(out):
     """Build (or reuse) the trained miniature (its default training variant) and copy its gamma sweep
     into out; -> (sheet, report)."""
     sys.path.insert(0, str(host.REPO))
-    from benchmarks.nano.train import DEFAULT_VARIANT
+    from benchmarks.nano.__main__ import DEFAULT_VARIANT
     report = host.HOST / "nano" / "full" / "report" / DEFAULT_VARIANT
     if not (report / "gamma_sweep.png").is_file():
         cache = host.HOST / "nano" / NANO_SIZE

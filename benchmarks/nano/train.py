@@ -84,7 +84,6 @@ VARIANTS = {v.name: v for v in (
     Variant("fixed-0.99", {"mode": "fixed", "alpha": 0.99, "beta": 0.99},
             description="(d) the paper's with alpha = beta = 0.99 fixed"),
 )}
-DEFAULT_VARIANT = "paper"
 # CFG dropout: the paper's 5 % each, with the prompt dropped more often, so that the reference
 # alone has to carry the subject more often (design note).
 DROPOUT = {"text": 0.1, "image": 0.05, "both": 0.05}
