@@ -315,7 +315,7 @@ def main(argv=None):
     cache = Path(args.cache) if args.cache else REPO / ".host" / "nano" / size.name
     report_dir = Path(args.report) if args.report else cache / "report"
     names = list(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
-    from . import report
+    from . import ablation
     from .base import import_comfy
     import_comfy()
     sys.path.insert(0, str(REPO))
@@ -333,7 +333,7 @@ def main(argv=None):
 
     summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress,
                                    helper(name)) for name in names}
-    report.write_ablation(report_dir)
+    ablation.write_ablation(report_dir)
     log(f"ablation: {report_dir / 'ablation.md'}")
     for name, summary in summaries.items():
         print(json.dumps({name: summary["targets"]}, indent=1))

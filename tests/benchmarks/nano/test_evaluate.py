@@ -7,16 +7,6 @@ from benchmarks.nano import world
 from benchmarks.nano.evaluate import Decoder, identity_score, prompt_score
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on a busy 2-core machine two threads that wait for each other run
-    many times slower than one (tens of seconds instead of a fraction of one per sampling run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def renderer():
     return world.Renderer()

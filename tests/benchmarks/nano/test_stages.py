@@ -1,7 +1,6 @@
 """The miniature's stage cache (benchmarks/nano/__main__.py): a stage's stamp covers the code of
 every repository module it imports, so an edit anywhere in that code rebuilds it."""
 import shutil
-from pathlib import Path
 
 from benchmarks.nano.__main__ import REPO, Stages, source_files
 

@@ -1,0 +1,65 @@
+"""The ablation: every training variant reported under one folder, in one table and one plot."""
+import json
+from pathlib import Path
+
+from .plots import pyplot
+from .report import _f
+from .summary import AXES, BASELINE, FLEXIP, LABELS
+
+ABLATION_TARGETS = ("spearman_identity", "spearman_prompt", "identity_jump", "identity_at_1", "prompt_at_0", "front",
+                    "time", "time_cpu")
+
+
+def write_ablation(folder):
+    """ablation.md and ablation.png over every <folder>/<variant>/summary.json: each variant's targets
+    and curves on the claim's metric, and the first evaluator's ends beside them."""
+    folder = Path(folder)
+    summaries = {path.parent.name: json.loads(path.read_text()) for path in sorted(folder.glob("*/summary.json"))}
+    if not summaries:
+        return None
+    lines = ["# FlexIP in miniature: the training variants", "",
+             "One row per variant (each has its own report in its folder). Targets on the claim's metric "
+             "(scoring.py); met targets in plain, missed in bold. Curves: FlexIP's mean over seeds and cases at "
+             "gamma 0, 0.2, ... 1. The first evaluator's identity and prompt at gamma 0 and 1 are kept for "
+             "comparison.", "",
+             "| variant | " + " | ".join(ABLATION_TARGETS) + " | identity curve | prompt curve | layout copying curve "
+             "| baseline identity (strength) | first evaluator: identity 0 / 1, prompt 0 / 1 |",
+             "|---" * (len(ABLATION_TARGETS) + 6) + "|"]
+    for name, summary in summaries.items():
+        cells = []
+        for key in ABLATION_TARGETS:
+            row = summary["targets"].get(key)
+            if row is None:
+                cells.append("n/a")
+                continue
+            text = ", ".join(_f(v, 2) for v in row["values"]) or "none"
+            cells.append(text if row["met"] else f"**{text}**")
+        ours = summary[FLEXIP]
+        theirs = summary.get(BASELINE)
+        first = summary["first_evaluator"][FLEXIP]
+        cells += [" ".join(_f(v, 2) for v in ours[axis]) for axis in AXES]
+        cells.append(" ".join(_f(v, 2) for v in theirs["identity"]) if theirs else "n/a")
+        cells.append(f"{_f(first['identity'][0], 2)} / {_f(first['identity'][-1], 2)}, "
+                     f"{_f(first['prompt'][0], 2)} / {_f(first['prompt'][-1], 2)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""] + [f"- {name}: {s['facts']['variant']['description']}" for name, s in summaries.items()]
+    lines += ["", "![every variant's curves](ablation.png)", ""]
+    (folder / "ablation.md").write_text("\n".join(lines) + "\n")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, axis in zip(axes, AXES):
+        for k, (name, summary) in enumerate(summaries.items()):
+            m = summary[FLEXIP]
+            ax.errorbar(m["values"], m[axis], yerr=m[f"{axis}_se"], marker="o", capsize=2, color=f"C{k}",
+                        label=f"FlexIP {name}")
+            if BASELINE in summary:
+                b = summary[BASELINE]
+                ax.plot(b["values"], b[axis], "--", color=f"C{k}", alpha=0.6, label=f"baseline ({name}'s references)")
+        ax.set_xlabel("control (gamma; strength for the dashed baselines)")
+        ax.set_title(LABELS[axis])
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(folder / "ablation.png", dpi=110)
+    plt.close(fig)
+    return folder / "ablation.md"

@@ -1,0 +1,60 @@
+"""The miniature's report (benchmarks/nano/report.py) end to end on pictures the world renders."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.nano import report, scoring, world
+from benchmarks.nano.summary import BASELINE, FLEXIP
+
+
+def test_report_on_rendered_sweeps(tmp_path):
+    """The whole report on pictures the world renders: a FlexIP sweep that shows the subject's true
+    colour and mark from gamma 0.5 on and the reference's layout at gamma 1, a baseline that never
+    shows the subject, and the base model; every number follows from the pictures."""
+    from benchmarks.nano.__main__ import SIZES
+    cases = world.evaluation_cases(world.split()[1][:6], 1)
+    renderer = world.Renderer()
+
+    def pictures(subjects, scenes):
+        return (renderer.render(subjects, scenes) * 255).round().to(torch.uint8)
+
+    wrong = [world.Subject.from_id(c.subject) for c in cases]
+    wrong = [world.Subject(s.shape, "red" if s.colour != "red" else "blue", s.pattern,
+                           "black" if s.mark != "black" else "white").id for s in wrong]
+    right = [c.subject for c in cases]
+    asked = [c.prompt_scene for c in cases]
+    copied = [world.Scene(world.Scene.from_id(c.prompt_scene).background, world.Scene.from_id(c.reference_scene).position,
+                          world.Scene.from_id(c.reference_scene).size).id for c in cases]
+    flexip = torch.stack([pictures(wrong, asked), pictures(right, asked), pictures(right, copied)])[None]
+    baseline = torch.stack([pictures(wrong, asked)] * 3)[None]
+    results = {"base": {"values": [], "pictures": pictures(wrong, asked)[None, None].numpy()},
+               FLEXIP: {"values": [0.0, 0.5, 1.0], "pictures": flexip.numpy()},
+               BASELINE: {"values": [0.0, 0.5, 1.0], "pictures": baseline.numpy()}}
+    for r in results.values():  # the first evaluator's scores, as evaluate.run_sweeps stores them
+        from benchmarks.nano.evaluate import Decoder, score
+        found = [score(Decoder(renderer), torch.as_tensor(p).float() / 255, cases) for p in r["pictures"][0]]
+        for key in found[0]:
+            r[key] = np.stack([np.stack([f[key].numpy() for f in found])])
+    facts = {"size": {}, "variant": {"name": "paper", "description": "the paper's"}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
+             "stage_seconds": {"base": 60.0, "flexip-paper": 30.0, "baseline-scene": 20.0},
+             "stage_cpu_seconds": {"base": 54.0, "flexip-paper": 30.0, "baseline-scene": 18.0},
+             "parallel_adapters": True, "wall_time": 60.0}
+    drawable = {a: 1.0 for a in scoring.ATTRIBUTES}
+    summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable)
+    ours = summary[FLEXIP]
+    # identity counts colour, pattern, mark: the wrong subject keeps only its pattern
+    assert ours["identity"] == pytest.approx([1 / 3, 1.0, 1.0])
+    assert ours["prompt"] == pytest.approx([1.0, 1.0, 0.5])
+    assert ours["layout_copy"] == pytest.approx([0.0, 0.0, 1.0])
+    assert summary["base"]["identity"] == pytest.approx([1 / 3])
+    targets = summary["targets"]
+    assert targets["identity_at_1"]["met"] and targets["front"]["met"] and targets["prompt_at_0"]["met"]
+    assert targets["spearman_identity"]["values"] == [pytest.approx(np.sqrt(3) / 2, abs=1e-4)]
+    assert not targets["spearman_identity"]["met"]
+    assert summary["first_evaluator"]["targets"]["front"]["met"]
+    text = (tmp_path / "report.md").read_text()
+    assert "The first evaluator's numbers" in text and "± 0.000" in text
+    assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
+    assert "the build's length from them 1.4 min (FlexIP and the baseline side by side)" in text
+    for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -1,0 +1,34 @@
+"""The miniature's numbers (benchmarks/nano/summary.py): the front, the reversals and the build's length."""
+import numpy as np
+import pytest
+
+from benchmarks.nano.summary import _reversals, baseline_front, build_minutes, front_covered
+
+
+def _method(identity, prompt, se=0.01):
+    values = [0.0, 0.5, 1.0][:len(identity)]
+    return {"values": values, "identity": identity, "prompt": prompt, "identity_se": [se] * len(identity),
+            "prompt_se": [se] * len(prompt)}
+
+
+def test_front_cover_within_one_standard_error():
+    baseline = _method([0.3, 0.6, 0.55], [1.0, 0.9, 0.8])  # (0.55, 0.8) is beaten by (0.6, 0.9): not on its front
+    assert baseline_front(baseline) == [0, 1]
+    # FlexIP reaches identity 0.6 - 0.014 at prompt 0.9: within one s.e. of the difference (0.01 * sqrt 2)
+    assert front_covered(_method([0.3, 0.586, 0.7], [1.0, 0.9, 0.5]), baseline) == {0: True, 1: True}
+    assert front_covered(_method([0.3, 0.58, 0.7], [1.0, 0.9, 0.5]), baseline) == {0: True, 1: False}
+
+
+def test_reversals_beyond_one_standard_error():
+    rising = np.array([[0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 1.0], [0.5, 0.25, 0.5, 0.75]])  # [values, cases]
+    rows = _reversals([0.0, 0.5, 1.0], rising, sign=1)
+    step = rising[2] - rising[1]
+    assert rows == [[0.5, 1.0, pytest.approx(step.mean()), pytest.approx(step.std(ddof=1) / 2)]]
+    assert _reversals([0.0, 0.5, 1.0], rising, sign=-1)[0][:2] == [0.0, 0.5]
+
+
+def test_build_minutes_counts_the_adapters_side_by_side_when_parallel():
+    seconds = {"data": 6, "encoders": 114, "base": 1068, "flexip-paper": 708, "baseline-scene": 684,
+               "evaluation-paper": 222, "drawability": 18}
+    assert build_minutes(seconds, parallel=False) == pytest.approx(2820 / 60)
+    assert build_minutes(seconds, parallel=True) == pytest.approx((2820 - 684) / 60)
