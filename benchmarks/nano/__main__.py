@@ -50,17 +50,18 @@ class Size:
     seeds: tuple                # sampling seeds: one sweep per case and seed
     gammas: tuple               # FlexIP's control values; the baseline's strengths are the same numbers
     sampling: Sampling
+    recolour: bool              # also sweep the recolour cases (recolour.py: prompts that contradict the reference)
 
 
 SIZES = {
     "full": Size("full", views_per_subject=6, pairs_per_view=2, encoder_steps=400, encoder_subjects=64,
                  base_steps=3000, base_batch=32, adapters=Budget(steps=2000, batch=32), baseline=True,
                  eval_subjects=48, cases_per_subject=1, seeds=(0, 1, 2), gammas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                 sampling=Sampling(steps=15, cfg=3.0)),
+                 sampling=Sampling(steps=15, cfg=3.0), recolour=True),
     "ci": Size("ci", views_per_subject=4, pairs_per_view=2, encoder_steps=100, encoder_subjects=64,
                base_steps=900, base_batch=16, adapters=Budget(steps=500, batch=16), baseline=False,
                eval_subjects=24, cases_per_subject=1, seeds=(0, 1), gammas=(0.0, 1 / 3, 2 / 3, 1.0),
-               sampling=Sampling(steps=10, cfg=3.0)),
+               sampling=Sampling(steps=10, cfg=3.0), recolour=False),
 }
 
 
@@ -223,18 +224,33 @@ def build(size, cache, variant, rebuild=False, progress=True, helper=None, basel
 
 
 def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True):
-    """The sweeps, cached as results.npz beside their stamp."""
+    """The sweeps of the scene cases and, where the size has them, of the recolour cases (recolour.py):
+    -> (cases, results, recolour (cases, results) or None)."""
     from . import world
-    from .baseline import baseline_method
-    from .evaluate import flexip_method, run_sweeps
+    from .recolour import recolour_cases
 
     _, held_out = world.split()
     cases = world.evaluation_cases(held_out[:size.eval_subjects], size.cases_per_subject)
-    stage = f"evaluation-{variant.name}"
+    adapters = list(facts["stages"])
+    results = sweeps(f"evaluation-{variant.name}", cases, ["world", "evaluate", "baseline"], adapters,
+                     size, variant, base, flexip, baseline, stages, facts, progress)
+    recolour = None
+    if size.recolour:
+        edited = recolour_cases(cases)
+        recolour = edited, sweeps(f"recolour-{variant.name}", edited, ["world", "evaluate", "baseline", "recolour"],
+                                  adapters, size, variant, base, flexip, baseline, stages, facts, progress)
+    return cases, results, recolour
+
+
+def sweeps(stage, cases, modules, after, size, variant, base, flexip, baseline, stages, facts, progress):
+    """FlexIP's (and the baseline's) sweeps over cases, cached as results.npz beside their stamp."""
+    from .baseline import baseline_method
+    from .evaluate import flexip_method, run_sweeps
+
     path = stages.folder(stage) / "results.npz"
     settings = [size.eval_subjects, size.cases_per_subject, list(size.seeds), list(size.gammas),
                 dataclasses.asdict(size.sampling), variant.references]
-    if not stages.current(stage, settings, ["world", "evaluate", "baseline"], facts["stages"]):
+    if not stages.current(stage, settings, modules, after):
         methods = [flexip_method(flexip, size.gammas, variant.references)]
         if baseline is not None:
             methods.append(baseline_method(baseline, size.gammas, variant.references))
@@ -247,7 +263,7 @@ def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True
     for key in loaded.files:
         method, name = key.split("/")
         results.setdefault(method, {})[name] = loaded[key]
-    return cases, results
+    return results
 
 
 def drawability(size, base, cases, stages):
@@ -269,7 +285,7 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None
     from . import report
     start = time.time()
     base, flexip, baseline, stages, facts = build(size, cache, variant, rebuild, progress, helper)
-    cases, results = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
+    cases, results, recolour = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
     drawable = drawability(size, base, cases, stages)
     log("drawability: the base's reconstruction accuracy per attribute: "
         + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
@@ -279,7 +295,7 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None
     facts["stage_seconds"] = {name: stages.seconds(name) for name in built}
     facts["stage_cpu_seconds"] = {name: stages.seconds(name, "cpu_seconds") for name in built}
     facts["parallel_adapters"] = helper is not None
-    summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable)
+    summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable, recolour)
     log(f"report: {report_dir / 'report.md'}")
     return summary
 

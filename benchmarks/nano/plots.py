@@ -14,11 +14,12 @@ def pyplot():
     return plt
 
 
-def controls(summary, path):
-    """Identity, prompt and layout copying against the control, with one standard error over cases."""
+def controls(summary, path, axes=AXES, title=None):
+    """Identity, prompt and layout copying (or other axes) against the control, with one standard
+    error over cases."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, axis in zip(axes, AXES):
+    fig, panels = plt.subplots(1, len(axes), figsize=(5 * len(axes), 4))
+    for ax, axis in zip(panels, axes):
         for method, label, colour in ((FLEXIP, "FlexIP: gamma", "C0"), (BASELINE, f"{BASELINE}: strength", "C1")):
             if method in summary:
                 m = summary[method]
@@ -31,6 +32,8 @@ def controls(summary, path):
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{LABELS[axis]} (bars: 1 s.e.; faint: per seed)")
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -144,15 +147,15 @@ def contact_sheet(results, cases, path, shown=6, scale=3):
     sheet.save(path)
 
 
-def gamma_sweep_sheet(results, cases, path, shown=6, scale=4):
+def gamma_sweep_sheet(results, cases, path, shown=6, scale=4, heading=None):
     """The demo's picture: per held-out case (seed 0), the reference and FlexIP's gamma sweep."""
     renderer = world.Renderer()
     cell, label_h = world.SIZE * scale, 16
     values = results[FLEXIP]["values"]
     sheet = Image.new("RGB", ((1 + len(values)) * cell, 2 * label_h + shown * (cell + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 2), "FlexIP-nano (trained on the CPU on a toy world; subjects never seen in training): "
-                      "gamma 0 follows the prompt, gamma 1 keeps the reference", fill="black")
+    draw.text((4, 2), heading or "FlexIP-nano (trained on the CPU on a toy world; subjects never seen in training): "
+              "gamma 0 follows the prompt, gamma 1 keeps the reference", fill="black")
     draw.text((4, label_h + 1), "reference   " + "   ".join(f"gamma {v:g}" for v in values), fill=(90, 90, 90))
     for i, case in enumerate(cases[:shown]):
         top = 2 * label_h + i * (cell + label_h)

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from . import plots, scoring, world
-from .summary import (AXES, BASELINE, FLEXIP, LABELS, build_minutes, claim_targets, ranks, rescore, summarize,
-                      summarize_claim, targets)
+from .summary import (AXES, BASELINE, FLEXIP, LABELS, RECOLOUR_AXES, build_minutes, claim_targets, ranks, rescore,
+                      summarize, summarize_claim, targets)
 
 
-def write_report(folder, size, cases, results, facts, cache, drawable):
-    """The report on the claim's metric (scoring.py), with the first evaluator's numbers beside it."""
+def write_report(folder, size, cases, results, facts, cache, drawable, recolour=None):
+    """The report on the claim's metric (scoring.py), with the first evaluator's numbers beside it;
+    recolour: (cases, results) of the recolour cases (recolour.py), reported in a section of their own."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = facts.get("stage_seconds", {})
@@ -27,6 +28,15 @@ def write_report(folder, size, cases, results, facts, cache, drawable):
     cpu_minutes = build_minutes(cpu, parallel) if cpu and all(v is not None for v in cpu.values()) else None
     summary.update(targets=claim_targets(summary, minutes, cpu_minutes), mrank=ranks(summary), drawable=drawable,
                    counted=sorted(scoring.counted(drawable)), first_evaluator=first, facts=facts)
+    if recolour is not None:
+        recoloured = summarize_claim(rescore(recolour[1], recolour[0], drawable), recolour[1])
+        recoloured["targets"] = claim_targets(recoloured, None)
+        summary["recolour"] = recoloured
+        plots.controls(recoloured, folder / "recolour_controls.png", RECOLOUR_AXES,
+                       "recolour cases: the prompt asks for another body colour than the reference's")
+        plots.gamma_sweep_sheet(recolour[1], recolour[0], folder / "recolour_sweep.png",
+                                heading="recolour cases: the prompt names another colour; gamma 0 should follow it, "
+                                "gamma 1 keep the reference's")
     plots.controls(summary, folder / "controls.png")
     plots.front(summary, folder / "front.png")
     plots.smoothness(summary, folder / "smoothness.png")
@@ -65,6 +75,38 @@ def _targets_table(rows):
 def _curve_row(label, curve, se=None):
     cells = [_f(v) + (f" ± {_f(e)}" if se is not None else "") for v, e in zip(curve, se or [None] * len(curve))]
     return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def recolour_section(recoloured, drawable):
+    """The recolour cases' targets, curves and smoothness (the build-time rows are the scene cases')."""
+    values = recoloured[FLEXIP]["values"]
+    lines = ["", "## Recolour cases: prompts that contradict the reference", "",
+             "The same subjects, references and asked-for scenes, with a prompt that also names a body colour other "
+             "than the reference's (recolour.py). **identity**: pattern and mark (no prompt names them); **prompt**: "
+             "shape, the asked colour, background, position, size; **colour copying**: the reference's colour drawn "
+             "instead of the asked one. Here gamma has a real conflict to trade. These targets are reported beside "
+             "the scene cases'; the default variant is chosen on the scene cases (rule fixed before the results).", ""]
+    lines += _targets_table(recoloured["targets"])
+    lines += ["", "| control | " + " | ".join(f"{v:g}" for v in values) + " |", "|---" * (len(values) + 1) + "|"]
+    for method, control in ((FLEXIP, "gamma"), (BASELINE, "strength")):
+        if method in recoloured:
+            m = recoloured[method]
+            for axis in RECOLOUR_AXES + ("layout_copy",):
+                lines.append(_curve_row(f"{method} {LABELS[axis]} ({control})", m[axis], m[f"{axis}_se"]))
+    base = recoloured["base"]
+    lines += ["", "**Base model alone**: " + ", ".join(f"{LABELS[axis]} {_f(base[axis][0])} ± {_f(base[axis + '_se'][0])}"
+                                                        for axis in RECOLOUR_AXES) + ".", ""]
+    lines += ["| method | curve | Spearman identity | Spearman prompt | largest/mean jump identity | front area |",
+              "|---|---|---|---|---|---|"]
+    for method in (FLEXIP, BASELINE):
+        if method in recoloured:
+            m = recoloured[method]
+            for name, x in [(f"seed {k}", x) for k, x in enumerate(m["per_seed"])] + [("seed mean", m["mean_curve"])]:
+                lines.append(f"| {method} | {name} | {_f(x['rho_identity'])} | {_f(x['rho_prompt'])} | "
+                             f"{_f(x['jump_identity'])} | {_f(x['front_area'])} |")
+    lines += ["", "![recolour cases against the control](recolour_controls.png)", "",
+              "![recolour cases: FlexIP's gamma sweep](recolour_sweep.png)"]
+    return lines
 
 
 def markdown(summary, size, cases, facts, seconds, minutes):
@@ -135,6 +177,8 @@ def markdown(summary, size, cases, facts, seconds, minutes):
         lines += ["", "mRank of the two controls over front area, Spearman of identity, minus Spearman of prompt and "
                   "minus the identity jump (1 = best): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["mrank"].items())
                   + "."]
+    if "recolour" in summary:
+        lines += recolour_section(summary["recolour"], summary["drawable"])
     first = summary["first_evaluator"]
     lines += ["", "## The first evaluator's numbers (evaluate.py: nearest world picture, shape counted as identity)",
               "", "Kept beside the new ones so that the change of metric is visible.", ""]

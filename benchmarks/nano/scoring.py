@@ -11,7 +11,8 @@ error. These scores decode a picture at whatever placement fits it best instead:
   are the world's values nearest to the best placement.
 - identity: the subject's attributes that the case's prompt does not name (colour, pattern, mark:
   the prompt names only the shape), among those the base model can draw (see counted()).
-- prompt: the attributes the prompt names (shape, background, position, size).
+- prompt: the attributes the prompt names (shape, background, position, size; and the asked body
+  colour in recolour.py's cases, whose prompts contradict the reference).
 - layout copying: how much of the reference's layout (position, size) the picture takes, where the
   prompt asked for another (every evaluation case does): a third axis, not part of either score.
 
@@ -109,11 +110,15 @@ def _nearest(values, found):
     return (found[:, None] - table[None]).abs().argmin(1)
 
 
-def true_attributes(cases, scene="prompt_scene"):
-    """{attribute: index [N]}: each case's subject and the scene the prompt asks for (or, with
-    scene="reference_scene", the reference's)."""
-    subjects = world.attribute_table("subject")[torch.tensor([c.subject for c in cases])]
-    scenes = world.attribute_table("scene")[torch.tensor([getattr(c, scene) for c in cases])]
+def true_attributes(cases, side="prompt"):
+    """{attribute: index [N]}: the subject and scene each case's prompt asks for (the reference's
+    subject, with any attribute the prompt changes: recolour.py), or with side="reference" the
+    reference's subject and scene."""
+    def subject(c):
+        return getattr(c, "prompt_subject", c.subject) if side == "prompt" else c.subject
+
+    subjects = world.attribute_table("subject")[torch.tensor([subject(c) for c in cases])]
+    scenes = world.attribute_table("scene")[torch.tensor([getattr(c, f"{side}_scene") for c in cases])]
     out = {a: subjects[:, i] for i, a in enumerate(world.SUBJECT_ATTRIBUTES)}
     out.update({a: scenes[:, i] for i, a in enumerate(world.SCENE_ATTRIBUTES)})
     return out
@@ -134,10 +139,13 @@ def counted(drawable):
 
 def score(decoded, cases, counted_attributes):
     """Per picture: "identity", "prompt", "layout_copy" [N] (NaN where no attribute counts) and per
-    attribute agreement with the prompt's scene "agree" and with the reference's "copied" ({a: [N]})."""
-    truth, reference = true_attributes(cases), true_attributes(cases, "reference_scene")
+    attribute agreement with what the prompt asks "agree" and with the reference "copied" ({a: [N]}:
+    position, size, and the subject attributes a prompt changes)."""
+    truth, reference = true_attributes(cases), true_attributes(cases, "reference")
     agree = {a: (decoded[a] == truth[a]).float() for a in ATTRIBUTES}
-    copied = {a: (decoded[a] == reference[a]).float() for a in LAYOUT}
+    # copied: the layout, and any subject attribute some prompt asks to change (recolour cases)
+    changed = [a for a in world.SUBJECT_ATTRIBUTES if bool((truth[a] != reference[a]).any())]
+    copied = {a: (decoded[a] == reference[a]).float() for a in (*LAYOUT, *changed)}
     named = [named_in_prompt(c) for c in cases]
 
     def mean_over(choose):

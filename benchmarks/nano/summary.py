@@ -18,7 +18,10 @@ from .baseline import NAME as BASELINE
 
 FLEXIP = "FlexIP"
 AXES = ("identity", "prompt", "layout_copy")
-LABELS = {"identity": "identity", "prompt": "prompt", "layout_copy": "layout copying"}
+LABELS = {"identity": "identity", "prompt": "prompt", "layout_copy": "layout copying",
+          "colour_copy": "colour copying"}
+# A recolour case's prompt asks for another body colour: how often the reference's is drawn instead.
+RECOLOUR_AXES = ("identity", "prompt", "colour_copy")
 CLOSE_TO_BASE = 0.05  # issue 15: FlexIP's prompt score at gamma 0 within this of the base model's
 # The issue's targets; "far above" and "close to" are made numbers here, before any result.
 FAR_ABOVE = 0.2   # identity at gamma 1 at least this much above the base model's (scores are fractions)
@@ -112,7 +115,8 @@ def _round(v):
 
 def rescore(results, cases, drawable, decoder=None):
     """The sweeps' pictures scored by scoring.py: {method: {axis: [seeds, values, cases]}, with
-    "agree" and "copied" {attribute: [seeds, values, cases]}}; the base model's has one value."""
+    "agree" and "copied" {attribute: [seeds, values, cases]}}; the base model's has one value. Recolour
+    cases (recolour.py) add the axis "colour_copy"."""
     decoder = decoder or scoring.PlacementDecoder()
     counted = scoring.counted(drawable)
     out = {}
@@ -121,6 +125,8 @@ def rescore(results, cases, drawable, decoder=None):
         shape = pictures.shape[:3]  # seeds, values, cases
         found = scoring.score(decoder(pictures.flatten(0, 2)), list(cases) * (shape[0] * shape[1]), counted)
         out[method] = {axis: found[axis].reshape(shape).numpy() for axis in AXES}
+        if "colour" in found["copied"]:
+            out[method]["colour_copy"] = found["copied"]["colour"].reshape(shape).numpy()
         for kind in ("agree", "copied"):
             out[method][kind] = {a: v.reshape(shape).numpy() for a, v in found[kind].items()}
     return out
@@ -133,7 +139,7 @@ def summarize_claim(scores, results):
     out = {}
     for method, found in scores.items():
         m = {"values": [float(v) for v in results[method]["values"]]}
-        for axis in AXES:
+        for axis in (a for a in LABELS if a in found):
             a = found[axis]
             m[axis] = a.mean(axis=(0, 2)).tolist()
             m[f"{axis}_per_seed"] = a.mean(2).tolist()

@@ -3,8 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.nano import report, scoring, world
+from benchmarks.nano import recolour, report, scoring, world
 from benchmarks.nano.summary import BASELINE, FLEXIP
+
+
+def _first_evaluator(results, cases, renderer):
+    """The first evaluator's scores of each method's pictures, as evaluate.run_sweeps stores them."""
+    from benchmarks.nano.evaluate import Decoder, score
+    for r in results.values():
+        found = [score(Decoder(renderer), torch.as_tensor(p).float() / 255, cases) for p in r["pictures"][0]]
+        for key in found[0]:
+            r[key] = np.stack([np.stack([f[key].numpy() for f in found])])
 
 
 def test_report_on_rendered_sweeps(tmp_path):
@@ -30,17 +39,26 @@ def test_report_on_rendered_sweeps(tmp_path):
     results = {"base": {"values": [], "pictures": pictures(wrong, asked)[None, None].numpy()},
                FLEXIP: {"values": [0.0, 0.5, 1.0], "pictures": flexip.numpy()},
                BASELINE: {"values": [0.0, 0.5, 1.0], "pictures": baseline.numpy()}}
-    for r in results.values():  # the first evaluator's scores, as evaluate.run_sweeps stores them
-        from benchmarks.nano.evaluate import Decoder, score
-        found = [score(Decoder(renderer), torch.as_tensor(p).float() / 255, cases) for p in r["pictures"][0]]
-        for key in found[0]:
-            r[key] = np.stack([np.stack([f[key].numpy() for f in found])])
+    _first_evaluator(results, cases, renderer)
     facts = {"size": {}, "variant": {"name": "paper", "description": "the paper's"}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
              "stage_seconds": {"base": 60.0, "flexip-paper": 30.0, "baseline-scene": 20.0},
              "stage_cpu_seconds": {"base": 54.0, "flexip-paper": 30.0, "baseline-scene": 18.0},
              "parallel_adapters": True, "wall_time": 60.0}
     drawable = {a: 1.0 for a in scoring.ATTRIBUTES}
-    summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable)
+    # recolour cases: FlexIP draws the asked colour at gamma 0 and 0.5 and the reference's at gamma 1; the
+    # baseline always the reference's; the base the asked colour with another mark
+    edited = recolour.recolour_cases(cases)
+    wanted = [c.prompt_subject for c in edited]
+    other_mark = []
+    for subject in map(world.Subject.from_id, wanted):
+        other_mark.append(world.Subject(subject.shape, subject.colour, subject.pattern,
+                                        "black" if subject.mark != "black" else "white").id)
+    recoloured = {"base": {"values": [], "pictures": pictures(other_mark, asked)[None, None].numpy()},
+                  FLEXIP: {"values": [0.0, 0.5, 1.0],
+                           "pictures": torch.stack([pictures(wanted, asked)] * 2 + [pictures(right, asked)])[None].numpy()},
+                  BASELINE: {"values": [0.0, 0.5, 1.0], "pictures": torch.stack([pictures(right, asked)] * 3)[None].numpy()}}
+    _first_evaluator(recoloured, edited, renderer)
+    summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable, (edited, recoloured))
     ours = summary[FLEXIP]
     # identity counts colour, pattern, mark: the wrong subject keeps only its pattern
     assert ours["identity"] == pytest.approx([1 / 3, 1.0, 1.0])
@@ -56,5 +74,15 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert "The first evaluator's numbers" in text and "± 0.000" in text
     assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
     assert "the build's length from them 1.4 min (FlexIP and the baseline side by side)" in text
-    for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png"):
+    r = summary["recolour"]
+    assert r[FLEXIP]["identity"] == pytest.approx([1.0, 1.0, 1.0])  # pattern and mark, the same in both colours
+    assert r[FLEXIP]["prompt"] == pytest.approx([1.0, 1.0, 0.8])
+    assert r[FLEXIP]["colour_copy"] == pytest.approx([0.0, 0.0, 1.0])
+    assert r[BASELINE]["colour_copy"] == pytest.approx([1.0, 1.0, 1.0])
+    assert r["base"]["identity"] == pytest.approx([0.5]) and r["base"]["prompt"] == pytest.approx([1.0])
+    assert r["targets"]["spearman_prompt"]["values"] == [pytest.approx(-np.sqrt(3) / 2, abs=1e-4)]
+    assert r["targets"]["identity_at_1"]["met"] and "time" not in r["targets"]
+    assert "## Recolour cases: prompts that contradict the reference" in text
+    for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png",
+                 "recolour_controls.png", "recolour_sweep.png"):
         assert (tmp_path / name).stat().st_size > 0
