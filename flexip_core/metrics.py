@@ -9,6 +9,10 @@
 - mRank: each method's rank in each metric (1 = best, ties share their mean rank), averaged over
   the metrics.
 
+reference_and_prompt_scores is the one place embeddings become CLIP-I, DINO-I and CLIP-T, for the
+evaluation (flexip_eval.scoring) and for the FlexIP Score node alike; with several references of a
+subject an image's score is its mean over them (DreamBooth's mean over pairs).
+
 The encoders that give the embeddings are in eval_encoders (local files only).
 """
 import math
@@ -64,6 +68,36 @@ def clip_t(generated_embeds, prompt_embeds):
 def dino_i(generated_cls, reference_cls):
     """DINO-I: cosine of DINO [CLS] embeddings of the generated images and their references."""
     return cosine(generated_cls, reference_cls)
+
+
+def reference_and_prompt_scores(clip_images=None, clip_references=None, dino_images=None, dino_references=None,
+                                clip_image_embeds=None, prompt_embeds=None):
+    """{"clip_i", "dino_i", "clip_t": [B]} for the embeddings given (a metric whose inputs are None is left out).
+
+    clip_images, dino_images: [B, D] embeddings of the images (background removed where masked);
+    clip_references, dino_references: [B or 1, R, D], R references per image (1: the same for all);
+    clip_image_embeds: [B, D] CLIP embeddings of the whole images, prompt_embeds [B or 1, D], for CLIP-T.
+    """
+    scores = {}
+    if clip_images is not None:
+        scores["clip_i"] = clip_i(clip_images[:, None], clip_references).mean(1)
+    if dino_images is not None:
+        scores["dino_i"] = dino_i(dino_images[:, None], dino_references).mean(1)
+    if clip_image_embeds is not None and prompt_embeds is not None:
+        scores["clip_t"] = clip_t(clip_image_embeds, prompt_embeds)
+    return scores
+
+
+def weighted_total(scores, weights):
+    """sum over metrics of weight x score, [B]; weights {metric: number}, metrics missing from scores
+    must have weight 0."""
+    missing = [m for m, w in weights.items() if w and m not in scores]
+    if missing:
+        raise ValueError(f"weights given to metrics that were not scored: {missing}")
+    used = [m for m, w in weights.items() if w]
+    if not used:
+        raise ValueError("every weight is 0: give at least one metric a weight")
+    return sum(weights[m] * scores[m].double() for m in used)
 
 
 def clip_iqa(image_embeds, pair_embeds, logit_scale=CLIP_IQA_LOGIT_SCALE):

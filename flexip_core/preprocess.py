@@ -46,6 +46,32 @@ def preprocess_reference(images, spec, crop="center", mask=None):
 
     mask: optional [B or 1, H, W] in [0, 1]; 0 marks background, which becomes BACKGROUND.
     """
+    x = to_square(masked_rgb(images, mask), crop)
+    size = spec.resolution
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return normalise(x, spec)
+
+
+def preprocess_resize_crop(images, spec, resize, mask=None):
+    """DINO's evaluation transform (torchvision's Resize(resize, bicubic) then CenterCrop(spec.resolution),
+    on tensors): the shorter side resized to `resize` px, the central square of spec.resolution px,
+    normalised. images [B, H, W, C] in [0, 1] -> [B, 3, S, S]; mask as for preprocess_reference."""
+    x = masked_rgb(images, mask)
+    h, w = x.shape[-2:]
+    # torchvision's rounding: the longer side is truncated, the crop's offset rounded.
+    size = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    crop = spec.resolution
+    if resize < crop:
+        raise ValueError(f"resize {resize} is smaller than the crop {crop}")
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    top, left = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    return normalise(x[..., top:top + crop, left:left + crop], spec)
+
+
+def masked_rgb(images, mask=None):
+    """images [B, H, W, C] in [0, 1] -> [B, 3, H, W] float RGB, background (mask 0) painted BACKGROUND."""
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"expected an image batch [B, H, W, C] with B >= 1, got shape {tuple(images.shape)}")
     rgb = to_rgb(images.float())
@@ -54,10 +80,11 @@ def preprocess_reference(images, spec, crop="center", mask=None):
             raise ValueError(f"mask is {tuple(mask.shape[-2:])} pixels but the image is {tuple(rgb.shape[1:3])}")
         keep = mask.float().reshape(-1, *mask.shape[-2:], 1)
         rgb = rgb * keep + BACKGROUND * (1.0 - keep)
-    x = to_square(rgb.movedim(-1, 1), crop)
-    size = spec.resolution
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return rgb.movedim(-1, 1)
+
+
+def normalise(x, spec):
+    """[B, 3, S, S] pixels, clamped to [0, 1] (bicubic overshoots), normalised with spec.mean / spec.std."""
     x = x.clamp(0.0, 1.0)
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -19,12 +19,12 @@ def score_and_report(spec, out, progress=True):
     if spec.scoring:
         scorer = Scorer(spec.scoring)
         scorer.score(spec, out, progress)
-        models = scorer.models()
+        models, backbones = scorer.models(), scorer.backbones()
     else:
-        models = {}
+        models, backbones = {}, {}
         print("no [scoring] in the spec: the report has no metrics", file=sys.stderr)
     rows = read_scores(out / SCORES) if (out / SCORES).is_file() and spec.scoring else []
-    return write_report(spec, out, rows, models, spec.note)
+    return write_report(spec, out, rows, models, spec.note, backbones)
 
 
 def main(argv=None):

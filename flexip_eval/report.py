@@ -1,5 +1,6 @@
 """The Markdown report: Table 1 (mean and 95% interval per metric, mRank), the smoothness of each
-method's control, what happened during generation, and the plots (plots.py)."""
+method's control, what happened during generation, and the plots (plots.py). Every metric's
+column names its backbone (CLIP-I [CLIP ViT-B-32]), so no number stands without its model."""
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,20 +21,27 @@ SMOOTHNESS_NAMES = {"rho_clip_i": "ρ(control, CLIP-I)", "rho_clip_t": "ρ(contr
                     "front_area": "front area"}
 
 
+def with_backbone(label, metric, backbones):
+    """'CLIP-I' -> 'CLIP-I [CLIP ViT-B-32]' when the metric's backbone is known."""
+    backbone = (backbones or {}).get(metric)
+    return f"{label} [{backbone}]" if backbone else label
+
+
 def fmt(mean, half, digits=3):
     if not math.isfinite(mean):
         return "–"
     return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if math.isfinite(half) else "")
 
 
-def table1(rows, metrics, control_names):
+def table1(rows, metrics, control_names, backbones=None):
     """{(method, control): {metric: (mean, half, n)}} and the rows' mRank over the means."""
     groups = defaultdict(list)
     for row in rows:
         groups[(row["method"], row["control"])].append(row)
     stats = {key: {m: mean_ci([r[m] for r in group]) for m in metrics} for key, group in sorted(groups.items())}
     ranks = mrank({key: {m: s[m][0] for m in metrics} for key, s in stats.items()}, metrics)
-    header = ["method", "control", "images"] + [METRIC_NAMES[m] for m in metrics] + ["mRank"]
+    header = (["method", "control", "images"] + [with_backbone(METRIC_NAMES[m], m, backbones) for m in metrics]
+              + ["mRank"])
     lines = [header, ["---"] * len(header)]
     for (method, control), s in stats.items():
         lines.append([method, f"{control_names.get(method, 'control')} = {control:g}", str(len(groups[(method, control)]))]
@@ -54,9 +62,11 @@ def sweeps(rows):
     return out
 
 
-def smoothness_table(rows):
+def smoothness_table(rows, backbones=None):
     per_method = sweeps(rows)
-    header = ["method", "sweeps"] + list(SMOOTHNESS_NAMES.values())
+    # The front area spans both CLIP metrics, which one CLIP scores.
+    header = ["method", "sweeps"] + [with_backbone(label, "clip_i" if key.endswith("clip_i") else "clip_t", backbones)
+                                     for key, label in SMOOTHNESS_NAMES.items()]
     lines = [header, ["---"] * len(header)]
     for method, numbers in per_method.items():
         cells = []
@@ -105,8 +115,8 @@ def run_history(out):
     return lines
 
 
-def write_report(spec, out, rows, models, note=None):
-    """report.md and plots/*.png under out; returns the report's path."""
+def write_report(spec, out, rows, models, note=None, backbones=None):
+    """report.md and plots/*.png under out; returns the report's path. backbones: {metric column: backbone}."""
     out = Path(out)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -122,12 +132,12 @@ def write_report(spec, out, rows, models, note=None):
                                   for name, m in spec.methods.items()] + [""]
     text += ["## Scoring models", ""] + [f"- {metric}: {name}" for metric, name in models.items()] + [""]
     if metrics:
-        _, _, lines = table1(rows, metrics, control_names)
+        _, _, lines = table1(rows, metrics, control_names, backbones)
         text += ["## Table 1", "", "Mean ± half-width of the 95% Student-t interval over images (images of one "
                  "subject are not independent, so the interval is optimistic). mRank: the mean rank over the "
                  "metrics among the rows (1 = best).", "", markdown_table(lines), ""]
     if "clip_i" in metrics and "clip_t" in metrics:
-        per_method, lines = smoothness_table(rows)
+        per_method, lines = smoothness_table(rows, backbones)
         if per_method:
             text += ["## Smoothness of the control", "",
                      "Per sweep (one subject, prompt and seed over the method's control values), averaged over sweeps "

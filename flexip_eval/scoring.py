@@ -1,14 +1,21 @@
 """Scoring: every generated image on disk gets the paper's metrics, one CSV row per image.
 
-The [scoring] tables of the spec say which local files to use (nothing is downloaded):
-  [scoring.clip]       path (an open_clip folder, or a .safetensors file with model = "ViT-H-14"),
-                       or format = "hf-vision" for ComfyUI's HF CLIP ViT-H/14 image encoder (CLIP-I only)
-  [scoring.dino]       path (hub-format DINOv2 safetensors), optional heads, resolution (224)
+The [scoring] tables of the spec say which local files to use (nothing is downloaded) and name
+each metric's backbone, which the report prints beside every number:
+  [scoring.clip]       CLIP-I, CLIP-T, CLIP-IQA: path (an open_clip folder, or a .safetensors state
+                       dict), backbone (the open_clip architecture: ViT-B-32 (default), ViT-L-14,
+                       ViT-H-14 ...; a folder's own configuration names it, and is checked against
+                       a backbone given), or format = "hf-vision" for ComfyUI's HF CLIP ViT-H/14
+                       image encoder (CLIP-I only)
+  [scoring.dino]       DINO-I: path and backbone: dino-vits16 (default), dino-vits8, dino-vitb16,
+                       dino-vitb8 (DINO v1, a hub-format folder: config.json + model.safetensors), or
+                       dinov2 (a hub-format DINOv2 file of any size, with optional heads and resolution)
   [scoring.aesthetic]  head (.safetensors or .pth), and clip_path / clip_model / clip_format for
                        its CLIP ViT-L/14 (default: the [scoring.clip] model)
   clip_iqa_pairs       which antonym pairs (default: all published ones); CLIP-IQA is "quality"
   batch_size, device
-A metric whose model is not configured is left out of the CSV and the report.
+The defaults are the backbones of DreamBooth's table, which FlexIP's Table 1 follows (DINO ViT-S/16,
+CLIP ViT-B/32). A metric whose model is not configured is left out of the CSV and the report.
 """
 import csv
 import json
@@ -21,14 +28,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from flexip_core.aesthetic import load_aesthetic_head
-from flexip_core.eval_encoders import load_dinov2, load_open_clip
-from flexip_core.metrics import CLIP_IQA_PAIRS, clip_i, clip_iqa, clip_t, dino_i
+from flexip_core.eval_encoders import DINO_V1_BACKBONES, load_dino_v1, load_dinov2, load_open_clip
+from flexip_core.metrics import CLIP_IQA_PAIRS, clip_iqa, reference_and_prompt_scores
 
 from .runner import GENERATION_LOG, read_jsonl
 
 SCORES = "scores.csv"
 SCORING_INFO = "scoring.json"
 META_COLUMNS = ("method", "subject", "prompt_index", "prompt", "seed", "control", "server", "seconds")
+# The backbones of DreamBooth's table (DINO ViT-S/16, CLIP ViT-B/32), which FlexIP's Table 1 is
+# assumed to follow (the paper does not name them).
+DEFAULT_BACKBONES = {"clip": "ViT-B-32", "dino": "dino-vits16"}
+DINO_BACKBONES = (*DINO_V1_BACKBONES, "dinov2")
 
 
 def load_image(path):
@@ -48,22 +59,37 @@ def mask_beside(image_path):
     return mask if mask.is_file() else None
 
 
-def _clip(config, prefix=""):
+def _clip(config, prefix="", default=None):
     path = config.get(f"{prefix}path")
     if path is None:
         raise ValueError(f"[scoring] a CLIP needs {prefix}path (an open_clip folder or safetensors file)")
-    return load_open_clip(path, config.get(f"{prefix}model"), config.get(f"{prefix}format") == "hf-vision")
+    # "model" is the older name of "backbone"; a folder names its own architecture.
+    backbone = config.get(f"{prefix}backbone") or config.get(f"{prefix}model")
+    hf_vision = config.get(f"{prefix}format") == "hf-vision"  # always ViT-H-14
+    if backbone is None and not hf_vision and not Path(path).is_dir():
+        backbone = default
+    return load_open_clip(path, backbone, hf_vision)
+
+
+def _dino(config):
+    """DINO v1 from a hub-format folder, or DINOv2 from a hub-format file (both name their size)."""
+    path, backbone = config.get("path"), config.get("backbone")
+    if path is None:
+        raise ValueError("[scoring.dino] needs path (a DINO v1 hub folder or a DINOv2 safetensors file)")
+    if backbone is not None and backbone not in DINO_BACKBONES:
+        raise ValueError(f"[scoring.dino] backbone {backbone!r} is not one of {', '.join(DINO_BACKBONES)}")
+    is_v1_folder = Path(path).is_dir() or Path(path).with_name("config.json").is_file()
+    if backbone == "dinov2" or backbone is None and not is_v1_folder:
+        return load_dinov2(path, config.get("heads"), int(config.get("resolution", 224)))
+    return load_dino_v1(path, backbone)
 
 
 class Scorer:
     def __init__(self, config):
         self.device = torch.device(config.get("device", "cpu"))
         self.batch_size = int(config.get("batch_size", 8))
-        self.clip = _clip(config["clip"]).to(self.device) if "clip" in config else None
-        self.dino = None
-        if "dino" in config:
-            dino = config["dino"]
-            self.dino = load_dinov2(dino["path"], dino.get("heads"), int(dino.get("resolution", 224))).to(self.device)
+        self.clip = _clip(config["clip"], default=DEFAULT_BACKBONES["clip"]).to(self.device) if "clip" in config else None
+        self.dino = _dino(config["dino"]).to(self.device) if "dino" in config else None
         self.aesthetic, self.aesthetic_clip = None, None
         if "aesthetic" in config:
             aesthetic = config["aesthetic"]
@@ -91,6 +117,18 @@ class Scorer:
         columns += [f"clip_iqa_{name}" for name in self.iqa_pairs if name != "quality"]
         return columns
 
+    def backbones(self):
+        """{metric column: its backbone}, printed beside every number of the report."""
+        named = {}
+        if self.clip is not None:
+            clip = f"CLIP {self.clip.backbone}"
+            named.update({column: clip for column in self.columns() if column.startswith("clip_")})
+        if self.dino is not None:
+            named["dino_i"] = self.dino.backbone
+        if self.aesthetic is not None:
+            named["aesthetic"] = f"LAION head on CLIP {self.aesthetic_clip.backbone}"
+        return named
+
     def models(self):
         """Which model gave which metric, for the report."""
         named = {}
@@ -114,23 +152,22 @@ class Scorer:
             batch = jobs[start:start + self.batch_size]
             images = [load_image(out / job.image) for job in batch]
             masks = [None if m is None else load_mask(m) for m in (mask_beside(out / job.image) for job in batch)]
-            metrics = {}
             # Masks (background removal) count for the image metrics only, not for CLIP-T, CLIP-IQA, aesthetic.
             masked = any(m is not None for m in masks)
-            if self.clip is not None:
-                embeds = self.clip.images(images)
-                metrics["clip_i"] = clip_i(self.clip.images(images, masks) if masked else embeds,
-                                           torch.cat([self._reference(spec, job.subject, references)["clip"]
-                                                      for job in batch]))
-                if self.clip.has_text:
-                    metrics["clip_t"] = clip_t(embeds, torch.cat([self._prompt(job.prompt, prompts) for job in batch]))
-                if self.iqa_pairs:
-                    for name, scores in zip(self.iqa_pairs, clip_iqa(embeds, self.pair_embeds).T):
-                        metrics["clip_iqa" if name == "quality" else f"clip_iqa_{name}"] = scores
-            if self.dino is not None:
-                metrics["dino_i"] = dino_i(self.dino.images(images, masks),
-                                           torch.cat([self._reference(spec, job.subject, references)["dino"]
-                                                      for job in batch]))
+            refs = [self._reference(spec, job.subject, references) for job in batch]
+            embeds = self.clip.images(images) if self.clip is not None else None
+            # One reference per image: [B, 1, D] references, so each row is scored against its own.
+            metrics = reference_and_prompt_scores(
+                clip_images=(self.clip.images(images, masks) if masked else embeds) if embeds is not None else None,
+                clip_references=torch.stack([r["clip"] for r in refs]) if embeds is not None else None,
+                dino_images=self.dino.images(images, masks) if self.dino is not None else None,
+                dino_references=torch.stack([r["dino"] for r in refs]) if self.dino is not None else None,
+                clip_image_embeds=embeds,
+                prompt_embeds=(torch.cat([self._prompt(job.prompt, prompts) for job in batch])
+                               if embeds is not None and self.clip.has_text else None))
+            if self.iqa_pairs:
+                for name, scores in zip(self.iqa_pairs, clip_iqa(embeds, self.pair_embeds).T):
+                    metrics["clip_iqa" if name == "quality" else f"clip_iqa_{name}"] = scores
             if self.aesthetic is not None:
                 aesthetic_embeds = embeds if self.aesthetic_clip is self.clip else self.aesthetic_clip.images(images)
                 metrics["aesthetic"] = self.aesthetic(aesthetic_embeds)
@@ -144,8 +181,8 @@ class Scorer:
             bar.update(len(batch))
         bar.close()
         write_scores(out / SCORES, rows, list(META_COLUMNS) + self.columns() + ["image"])
-        (out / SCORING_INFO).write_text(json.dumps({"models": self.models(), "clip_iqa_pairs": self.iqa_pairs,
-                                                    "images": len(rows)}, indent=2))
+        (out / SCORING_INFO).write_text(json.dumps({"models": self.models(), "backbones": self.backbones(),
+                                                    "clip_iqa_pairs": self.iqa_pairs, "images": len(rows)}, indent=2))
         return rows
 
     def _reference(self, spec, subject_id, cache):

@@ -71,3 +71,32 @@ def tiny_aesthetic_head(path, seed=2):
     else:
         save_file(state, path)
     return Path(path)
+
+
+# DINO v1 ViT-S at full shape (21 M parameters: cheap), as facebook/dino-vits16 and -vits8 are laid out.
+DINO_VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                  image_size=224, qkv_bias=True, layer_norm_eps=1e-6)
+
+
+def dino_v1_folder(folder, patch=16, seed=3):
+    """A hub-format DINO v1 folder (config.json + model.safetensors with the hub's tensor names),
+    random weights; returns (folder, the model as built in memory)."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    model = ViTModel(ViTConfig(**DINO_VIT_S, patch_size=patch), add_pooling_layer=False).eval()
+    model.save_pretrained(folder)  # transformers writes the hub's names (attention.attention.query ...)
+    return Path(folder), model
+
+
+def open_clip_state_dict_file(path, architecture, seed=4):
+    """A built-in open_clip architecture with random weights, saved as a safetensors state dict
+    (half precision, as published files are); returns the path."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(architecture, pretrained=None, load_weights=False,
+                                   pretrained_image=False, pretrained_text=False)
+    state = _randomise_small_tensors(dict(model.state_dict()), torch.Generator().manual_seed(seed))
+    save_file({k: v.half().contiguous() for k, v in state.items()}, path)
+    return Path(path)
