@@ -16,6 +16,12 @@ import flexip_client
 import host
 
 RUN = host.HOST / "run"
+# How long a starting server may take, in its own CPU time: a server niced behind other jobs on a busy machine
+# gets a sliver of a core (ComfyUI 0.33.0 did not reach its node imports in 360 wall seconds beside four
+# un-niced training runs), so a wall-clock limit fails a healthy start. It fails a stuck one instead: one that
+# spins through START_CPU_SECONDS, or one that used no CPU at all for STALL_SECONDS (blocked, not waiting its turn).
+START_CPU_SECONDS = 600
+STALL_SECONDS = 600
 MODELS = host.HOST / "models"
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "diffusion_models", "flexip")
 
@@ -24,6 +30,38 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_serving(process, url, log_text):
+    """Return once the server at `url` answers; raise with its log's end if it exits or is stuck (see
+    START_CPU_SECONDS). log_text() gives the log."""
+    used, last_progress = 0.0, time.time()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {process.returncode}:\n{log_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + "/system_stats", timeout=2).read()
+            return
+        except OSError:
+            pass
+        try:
+            now_used = cpu_seconds(process.pid)
+        except FileNotFoundError:
+            continue  # it has just exited: poll() says so next
+        if now_used > used:
+            used, last_progress = now_used, time.time()
+        problem = (f"used {used:.0f} s of CPU" if used > START_CPU_SECONDS else
+                   f"used no CPU for {STALL_SECONDS} s" if time.time() - last_progress > STALL_SECONDS else None)
+        if problem:
+            process.terminate()
+            raise RuntimeError(f"ComfyUI did not answer and {problem}:\n{log_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 def write_model_paths():
@@ -46,7 +84,7 @@ class ComfyServer:
         self.process = None
         self.log_path = RUN / f"server-{self.port}.log"
 
-    def start(self, timeout=360):  # ComfyUI 0.33.0 imports ~900 nodes: on a busy 2-core machine, over 120 s
+    def start(self):
         for folder in ("input", "output", "user"):
             (RUN / folder).mkdir(parents=True, exist_ok=True)
         for folder in MODEL_FOLDERS:
@@ -62,17 +100,12 @@ class ComfyServer:
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(args, cwd=host.COMFYUI, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/system_stats", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log_text()[-3000:]}")
+        try:
+            wait_until_serving(self.process, self.url, self.log_text)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self):
         if self.process and self.process.poll() is None:
