@@ -24,7 +24,8 @@ for name in $FLEXIP_HOSTS_IN_RUN; do
     python=$(FLEXIP_HOST="$name" python3 scripts/host.py --print | sed -n 's/^python=//p')
     # Every host runs, whatever the one before gave. Exit 5: every selected test runs on another host.
     rc=0
-    FLEXIP_HOST="$name" "$python" -m pytest "$@" || rc=$?
+    # The slowest tests per host, to budget CI's 45 min (docs/compatibility.md).
+    FLEXIP_HOST="$name" "$python" -m pytest --durations=25 "$@" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then failed+=("$name (pytest exit $rc)"); fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
