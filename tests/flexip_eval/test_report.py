@@ -55,6 +55,10 @@ def test_table1_means_intervals_and_mrank(made_up):
     assert ranks == pytest.approx({("smooth", 0.0): 19.5 / 5, ("smooth", 0.5): 17.5 / 5, ("smooth", 1.0): 15.5 / 5,
                                    ("jumpy", 0.0): 19.5 / 5, ("jumpy", 0.5): 17.5 / 5, ("jumpy", 1.0): 15.5 / 5})
     assert lines[2][:3] == ["jumpy", "weight = 0", "2"]
+    assert lines[0][3:6] == ["CLIP-T", "CLIP-I", "DINO-I"]  # no backbones given
+    named = table1(rows, METRICS, {"smooth": "gamma", "jumpy": "weight"}, {"clip_i": "CLIP ViT-B-32",
+                                                                          "dino_i": "DINO ViT-S/16"})[2]
+    assert named[0][3:6] == ["CLIP-T", "CLIP-I [CLIP ViT-B-32]", "DINO-I [DINO ViT-S/16]"] and named[2:] == lines[2:]
     assert lines[2][4] == "0.505 ± " + f"{half:.3f}"
 
 

@@ -105,3 +105,25 @@ def test_scoring_configuration_errors(tiny_scoring):
     only_dino = Scorer({"dino": tiny_scoring["dino"]})
     assert only_dino.columns() == ["dino_i"]
     assert torch.is_tensor(only_dino.dino.images([torch.rand(8, 8, 3)]))
+
+
+def test_each_metric_names_its_backbone_and_the_defaults_are_the_papers(tiny_scoring, tmp_path):
+    import shutil
+    scorer = Scorer({"clip": tiny_scoring["clip"], "dino": {**tiny_scoring["dino"], "backbone": "dinov2"}})
+    clip = "CLIP custom ViT-w64/8 (2 layers, 32 px, 768-d)"  # the tiny folder's own architecture
+    assert scorer.backbones() == {"clip_t": clip, "clip_i": clip, "clip_iqa": clip,
+                                  **{f"clip_iqa_{p}": clip for p in CLIP_IQA_PAIRS if p != "quality"},
+                                  "dino_i": "DINOv2-w128/8"}
+    # a DINOv2 file names itself with no backbone given, as specs written before backbones did
+    assert Scorer({"dino": tiny_scoring["dino"]}).dino.backbone == "DINOv2-w128/8"
+    with pytest.raises(ValueError, match="backbone 'dino-v3' is not one of dino-vits16, dino-vits8"):
+        Scorer({"dino": {**tiny_scoring["dino"], "backbone": "dino-v3"}})
+    with pytest.raises(ValueError, match=r"holds custom ViT-w64/8 .*, not ViT-B-32"):
+        Scorer({"clip": {**tiny_scoring["clip"], "backbone": "ViT-B-32"}})
+    # a state-dict file with no backbone named is read as the default, CLIP ViT-B/32
+    weights = shutil.copy(f"{tiny_scoring['clip']['path']}/open_clip_model.safetensors", tmp_path / "clip.safetensors")
+    with pytest.raises(ValueError, match=r"does not match open_clip ViT-B-32 \(clip.safetensors\)"):
+        Scorer({"clip": {"path": str(weights)}})
+    # a DINO v1 path is a folder with config.json; anything else with backbone dino-vits16 is refused
+    with pytest.raises(FileNotFoundError, match="hub-format folder holding config.json and model.safetensors"):
+        Scorer({"dino": {**tiny_scoring["dino"], "backbone": "dino-vits16"}})
