@@ -40,7 +40,7 @@ def flexip_nodes(ui_client):
 # --- Help pages ---
 
 def test_every_node_has_a_help_page_with_its_inputs_and_outputs(ui_client, flexip_nodes):
-    assert len(flexip_nodes) == 9
+    assert len(flexip_nodes) == 10
     assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(flexip_nodes)  # no page without a node
     for name, node in flexip_nodes.items():
         text = (DOCS / f"{name}.md").read_text()

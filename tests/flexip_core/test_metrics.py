@@ -154,3 +154,27 @@ def test_mrank_on_a_made_up_table():
     assert mrank(table, ("clip_t", "clip_i", "dino_i", "aesthetic")) == pytest.approx(
         {"A": (2 + 1 + 1.5) / 3, "B": (1 + 3 + 1.5) / 3, "C": (3 + 2) / 2})
     assert math.isnan(mrank({"A": {}, "B": {"clip_t": 0.1}}, ("clip_t",))["A"])
+
+
+def test_reference_and_prompt_scores_by_hand():
+    """Each image against the mean over its references (2 here, shared by all images) and its prompt;
+    the weighted sum with asymmetric weights; a weight on a metric that was not scored is refused."""
+    from flexip_core.metrics import reference_and_prompt_scores, weighted_total
+    g = torch.Generator().manual_seed(4)
+    clip, dino, text = torch.randn(3, 6, generator=g), torch.randn(3, 5, generator=g), torch.randn(1, 6, generator=g)
+    clip_refs, dino_refs = torch.randn(1, 2, 6, generator=g), torch.randn(1, 2, 5, generator=g)
+    scores = reference_and_prompt_scores(clip, clip_refs, dino, dino_refs, clip, text)
+    for b in range(3):
+        assert scores["clip_i"][b].item() == pytest.approx(
+            (by_hand_cosine(clip[b], clip_refs[0, 0]) + by_hand_cosine(clip[b], clip_refs[0, 1])) / 2, abs=1e-6)
+        assert scores["dino_i"][b].item() == pytest.approx(
+            (by_hand_cosine(dino[b], dino_refs[0, 0]) + by_hand_cosine(dino[b], dino_refs[0, 1])) / 2, abs=1e-6)
+        assert scores["clip_t"][b].item() == pytest.approx(by_hand_cosine(clip[b], text[0]), abs=1e-6)
+    total = weighted_total(scores, {"clip_i": 0.2, "dino_i": 1.0, "clip_t": 3.0})
+    assert total.tolist() == pytest.approx([0.2 * scores["clip_i"][b].item() + scores["dino_i"][b].item()
+                                            + 3.0 * scores["clip_t"][b].item() for b in range(3)], abs=1e-12)
+    assert set(reference_and_prompt_scores(dino_images=dino, dino_references=dino_refs)) == {"dino_i"}
+    with pytest.raises(ValueError, match="not scored: \\['clip_t'\\]"):
+        weighted_total({"dino_i": scores["dino_i"]}, {"dino_i": 1.0, "clip_t": 0.5})
+    with pytest.raises(ValueError, match="every weight is 0"):
+        weighted_total(scores, {"clip_i": 0.0})
