@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .evaluate import Sampling
-from .train import VARIANTS, Budget
+from .train import Budget
+from .variants import VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

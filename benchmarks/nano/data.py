@@ -14,7 +14,7 @@ Every picture has its exact subject mask beside it as the builders' loss mask (<
 which the training loss weighs by train.Budget.subject_weight, and its subject alone
 (subjects/<subject>/<k>.png, subject_reference) for variants whose references show only the subject.
 index.json gives every picture's subject and scene. variant_manifests() turns the builders'
-manifests into a training variant's (train.VARIANTS).
+manifests into a training variant's (variants.VARIANTS).
 Every choice is fixed per picture (a hash), so the data is the same on every build.
 """
 import dataclasses

@@ -41,11 +41,6 @@ def nano_config(diffusion_model):
         layers=tuple(layers))
 
 
-# FlexIP's gate as the paper starts it: alpha (image samples) and beta (1 - gamma of variant samples)
-# learned from 0.9.
-FLEXIP_GATE = {"mode": "learned", "alpha": 0.9, "beta": 0.9}
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """How FlexIP-nano is trained (issue 15's variants). Recorded in the exported weight file's
@@ -68,22 +63,6 @@ class Variant:
         return {"nano_variant": dataclasses.asdict(self)}
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("paper", FLEXIP_GATE, description="the paper's formulation: learned gate from 0.9, image samples "
-            "with their own captions, whole-scene references"),
-    Variant("conflict", {"mode": "sampled"}, image_captions="other_view",
-            description="(a) gamma ~ U(0, 1): the target is the reference with probability gamma, else another "
-            "view; the caption is always the other view's"),
-    Variant("subject", FLEXIP_GATE, references="subject",
-            description="(b) the paper's, with references of the subject alone (exact mask, box 1.1-1.5x, grey)"),
-    Variant("conflict-subject", {"mode": "sampled"}, image_captions="other_view", references="subject",
-            description="(a) + (b)"),
-    Variant("split-dropout", FLEXIP_GATE, text_on_images=0.5, image_timesteps=0.5,
-            description="(c) the paper's, with image samples in the low-noise half of the schedule and their "
-            "prompt dropped half the time"),
-    Variant("fixed-0.99", {"mode": "fixed", "alpha": 0.99, "beta": 0.99},
-            description="(d) the paper's with alpha = beta = 0.99 fixed"),
-)}
 # CFG dropout: the paper's 5 % each, with the prompt dropped more often, so that the reference
 # alone has to carry the subject more often (design note).
 DROPOUT = {"text": 0.1, "image": 0.05, "both": 0.05}

@@ -86,7 +86,7 @@ def test_subject_reference_keeps_the_subject_alone_centred_at_its_box():
 
 def test_variant_manifests(tmp_path):
     from flexip_train.manifest import read_manifest
-    from benchmarks.nano.train import VARIANTS
+    from benchmarks.nano.variants import VARIANTS
     images, multiview = data.write_training_data(tmp_path, views_per_subject=3, pairs_per_view=1, progress=False)
     assert data.variant_manifests(tmp_path, VARIANTS["paper"], tmp_path / "paper") == [images, multiview]
     index = json.loads((tmp_path / "index.json").read_text())

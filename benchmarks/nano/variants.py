@@ -1,0 +1,32 @@
+"""The training variants of issue 15 (`--variant`): each is data, a train.Variant that enters its stages'
+stamps as settings, so that adding one here rebuilds no other variant's stages (no stage imports this
+module)."""
+from .train import Variant
+
+# FlexIP's gate as the paper starts it: alpha (image samples) and beta (1 - gamma of variant samples)
+# learned from 0.9.
+FLEXIP_GATE = {"mode": "learned", "alpha": 0.9, "beta": 0.9}
+
+VARIANTS = {v.name: v for v in (
+    Variant("paper", FLEXIP_GATE, description="the paper's formulation: learned gate from 0.9, image samples "
+            "with their own captions, whole-scene references"),
+    Variant("conflict", {"mode": "sampled"}, image_captions="other_view",
+            description="(a) gamma ~ U(0, 1): the target is the reference with probability gamma, else another "
+            "view; the caption is always the other view's"),
+    Variant("subject", FLEXIP_GATE, references="subject",
+            description="(b) the paper's, with references of the subject alone (exact mask, box 1.1-1.5x, grey)"),
+    Variant("conflict-subject", {"mode": "sampled"}, image_captions="other_view", references="subject",
+            description="(a) + (b)"),
+    Variant("split-dropout", FLEXIP_GATE, text_on_images=0.5, image_timesteps=0.5,
+            description="(c) the paper's, with image samples in the low-noise half of the schedule and their "
+            "prompt dropped half the time"),
+    Variant("fixed-0.99", {"mode": "fixed", "alpha": 0.99, "beta": 0.99},
+            description="(d) the paper's with alpha = beta = 0.99 fixed"),
+    # Combinations, from the hypotheses of the first round (benchmarks/README.md, written before their results).
+    Variant("subject-split", FLEXIP_GATE, references="subject", text_on_images=0.5, image_timesteps=0.5,
+            description="(b) + (c): references of the subject alone, image samples in the low-noise half and "
+            "their prompt dropped half the time"),
+    Variant("sampled-subject", {"mode": "sampled"}, references="subject",
+            description="(b) with gamma trained uniformly (the sampled gate of (a)) but each image sample's own "
+            "caption: no contradicting captions"),
+)}
