@@ -55,19 +55,31 @@ def comfy_clip_embeds(clip_model, pixels, spec):
     return clip_model(pixel_values=pixels, intermediate_output=-2)[2]
 
 
-def comfy_dino_patches(dino_model, pixels, spec):
-    """dino_model: a ComfyUI CLIP_VISION's .model (image_encoders.dino2.Dinov2Model) -> [B, M, dim].
+def comfy_dino_tokens(dino_model, pixels):
+    """dino_model: a ComfyUI CLIP_VISION's .model (image_encoders.dino2.Dinov2Model) -> the last
+    layer's normed tokens [B, 1 + M, dim], [CLS] first.
 
     Runs the model's own layers, with the position embeddings interpolated to the input's grid.
     """
-    _check_feature(spec, "patch_tokens")
     emb = dino_model.embeddings
     x = emb.patch_embeddings(pixels)
     cls = emb.cls_token.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
     grid = pixels.shape[-1] // emb.patch_embeddings.projection.kernel_size[0]
     pos = interpolate_position_embeddings(emb.position_embeddings, grid).to(device=x.device, dtype=x.dtype)
     x, _ = dino_model.encoder(torch.cat((cls, x), dim=1) + pos)
-    return dino_model.layernorm(x)[:, 1:]
+    return dino_model.layernorm(x)
+
+
+def comfy_dino_patches(dino_model, pixels, spec):
+    """The patch tokens [B, M, dim] FlexIP reads."""
+    _check_feature(spec, "patch_tokens")
+    return comfy_dino_tokens(dino_model, pixels)[:, 1:]
+
+
+def comfy_dino_cls(dino_model, pixels, spec):
+    """The [CLS] token [B, dim] DINO-I compares (transformers' pooler_output)."""
+    _check_feature(spec, "cls")
+    return comfy_dino_tokens(dino_model, pixels)[:, 0]
 
 
 # --- Training route (open_clip + transformers) ---------------------------------------------

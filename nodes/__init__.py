@@ -4,6 +4,7 @@ from .apply import GatedApply
 from .loader import FlexIPLoader
 from .reference import ReferenceEncoder
 from .schedule import FlexIPGammaSchedule, FlexIPGammaSweep
+from .score import FlexIPScore
 from .subject import LoadSubject, SaveSubject
 
 NODE_CLASS_MAPPINGS = {
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "FlexIPGatedApply": GatedApply,
     "FlexIPGammaSchedule": FlexIPGammaSchedule,
     "FlexIPGammaSweep": FlexIPGammaSweep,
+    "FlexIPScore": FlexIPScore,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPLoader": "FlexIP Loader",
@@ -27,4 +29,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPGatedApply": "FlexIP Gated Apply",
     "FlexIPGammaSchedule": "FlexIP Gamma Schedule",
     "FlexIPGammaSweep": "FlexIP Gamma Sweep",
+    "FlexIPScore": "FlexIP Score",
 }
