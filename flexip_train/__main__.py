@@ -2,8 +2,10 @@
 
 Run from the pack's folder (ComfyUI/custom_nodes/comfyui-flexip). One GPU:
     python -m flexip_train --config my_run.toml
-Several GPUs or machines: the same command under accelerate (see the README's training section):
+Several GPUs or machines: the same command under accelerate (see docs/training.md):
     accelerate launch --multi_gpu --num_processes 8 -m flexip_train --config my_run.toml
+Manifests into tar shards, for data of millions of samples ([data] shards streams them):
+    python -m flexip_train shards data/manifest.jsonl --out data/shards
 """
 import argparse
 import hashlib
@@ -25,6 +27,39 @@ def parse_args(argv=None):
     parser.add_argument("--print-config", action="store_true", help="print the complete configuration as TOML and exit")
     parser.add_argument("--no-export", action="store_true", help="do not write the FlexIP weight file at the end")
     return parser.parse_args(argv)
+
+
+def parse_shards_args(argv):
+    from .shards import __doc__ as layout
+    parser = argparse.ArgumentParser(prog="python -m flexip_train shards", description=layout,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", type=Path, help="JSONL manifests")
+    parser.add_argument("--out", required=True, type=Path, help="the shard set's folder (empty or new)")
+    parser.add_argument("--samples-per-shard", type=int, default=1000,
+                        help="samples per tar (default 1000); each kind needs at least processes x workers shards")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="do not decode the samples (the manifest's own checks still run)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def write_shards_command(argv):
+    """python -m flexip_train shards: a summary like the builders', exit status 1 when nothing was written."""
+    from .manifest import summarize
+    from .shards import write_shards
+    args = parse_shards_args(argv)
+    try:
+        index, problems = write_shards(args.manifests, args.out, args.samples_per_shard, args.check, args.progress)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"flexip_train shards: {e}")
+    print(summarize(range(index["samples"]), problems))
+    if not index["samples"]:
+        print(f"error: no usable sample in {', '.join(map(str, args.manifests))}", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{sum(s['kind'] == k for s in index['shards'])} {k} shards ({n} samples)"
+                      for k, n in index["kinds"].items())
+    print(f"wrote {kinds} to {args.out}")
+    return 0
 
 
 def overrides(pairs):
@@ -50,6 +85,9 @@ def file_sha256(path):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["shards"]:
+        return write_shards_command(argv[1:])
     args = parse_args(argv)
     try:
         config = load_config(args.config, overrides(args.set)) if args.config else TrainConfig()
@@ -86,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,6 +48,10 @@ class ModelOptions:
 @dataclass
 class DataOptions:
     manifests: list = option([], "JSONL manifests (python -m flexip_train.build_manifest writes them).")
+    shards: str = option("", "A shard set folder (python -m flexip_train shards writes it), streamed instead of "
+                             "manifests: for millions of samples. Give manifests or shards, not both.")
+    shuffle_buffer: int = option(1000, "Shards: samples each DataLoader worker shuffles among (more: better mixed, "
+                                       "more memory).")
     resolution: int = option(512, "Target image side in pixels (the paper: 512).")
     batch_size: int = option(16, "Samples per GPU per micro-batch (the paper: 16 on each of 8 GPUs).")
     num_workers: int = option(4, "DataLoader worker processes per GPU.")
@@ -183,7 +187,9 @@ def check(config, source):
     for name in ("max_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(config.run, name) < 1:
             problems.append(f"run.{name} must be at least 1")
-    for name in ("batch_size", "resolution"):
+    if config.data.manifests and config.data.shards:
+        problems.append("give data.manifests or data.shards, not both")
+    for name in ("batch_size", "resolution", "shuffle_buffer"):
         if getattr(config.data, name) < 1:
             problems.append(f"data.{name} must be at least 1")
     if config.data.resolution % 8:

@@ -8,6 +8,8 @@ the dataset then; with persistent_workers=True they would keep the old epoch).
 Items (see FlexIPDataset.__getitem__) use ComfyUI's IMAGE layout, [.., H, W, 3] in [0, 1], which
 flexip_core.preprocess.preprocess_reference takes; batch them with `collate`.
 """
+import io
+
 import numpy as np
 import torch
 from PIL import Image
@@ -81,8 +83,9 @@ def jitter_colour(image, brightness, contrast, saturation):
     return ((x - grey) * saturation + grey).clamp(0.0, 1.0)
 
 
-class FlexIPDataset(torch.utils.data.Dataset):
-    """Samples (manifest.Sample) -> training items.
+class SampleLoader:
+    """A sample (manifest.Sample) -> training tensors; FlexIPDataset over a manifest's samples,
+    flexip_train.stream over shards.
 
     resolution: the target's side (square: shorter side resized, centre crop). reference_size: the
     side references are loaded at, before the encoders' own preprocessing. min_gap, max_gap: the
@@ -92,22 +95,110 @@ class FlexIPDataset(torch.utils.data.Dataset):
     loss mask (the Trainer asks for them when loss.subject_weight is not 1).
     """
 
+    def __init__(self, resolution=512, reference_size=448, min_gap=MIN_GAP, max_gap=MAX_GAP, augment=True,
+                 loss_masks=False):
+        if not 1 <= min_gap <= max_gap:
+            raise ValueError(f"FlexIPDataset: need 1 <= min_gap <= max_gap, got {min_gap}, {max_gap}")
+        self.resolution, self.reference_size = int(resolution), int(reference_size)
+        self.min_gap, self.max_gap, self.augment = int(min_gap), int(max_gap), augment
+        self.loss_masks = loss_masks
+        self._frame_counts = {}
+
+    def frame_total(self, path):
+        """A video's frame count as counted when it was loaded (None before)."""
+        return self._frame_counts.get(path)
+
+    def load_sample(self, sample, rng, files=None, frame_total=None):
+        """A Sample's tensors. files: {name: bytes, or a frame list's [bytes, ...]} holding the
+        sample's files by the names its paths give (a sample read from a shard), else the paths are
+        read; frame_total: a video's frame count when known (else counted once per path)."""
+        def source(path):
+            if files is None:
+                return path
+            data = files[path]
+            return [io.BytesIO(frame) for frame in data] if isinstance(data, list) else io.BytesIO(data)
+
+        if sample.modality == "video":
+            if files is not None and frame_total is None and sample.frames is None:  # names repeat across shards
+                frame_total = _guarded(sample.target, "unreadable video", frame_count, source(sample.target))
+            reference, target = self._video_frames(sample, rng, source(sample.target), frame_total)
+            references = [(reference, None)]
+            target_size = target.size
+        else:
+            pictures = {}
+            side = max(self.resolution, self.reference_size)
+            for path in dict.fromkeys((*sample.references, sample.target)):
+                pictures[path] = _guarded(path, "unreadable image", load_image, source(path), side)
+            references = [(pictures[p][0], pictures[p][1]) for p in sample.references]
+            target, target_size = pictures[sample.target]
+        masks = [None] * len(references)
+        if sample.mask is not None:  # a Sample with a mask has one reference
+            image, full_size = references[0]
+            masks[0] = _guarded(sample.mask, "bad mask", load_mask, source(sample.mask), full_size or image.size)
+        loaded = [self._reference(image, mask, sample.modality == "image", rng)
+                  for (image, _), mask in zip(references, masks)]
+        box = centre_box(*target.size)
+        item = {"reference": torch.stack([r for r, _ in loaded]),
+                "reference_mask": torch.stack([m for _, m in loaded]),
+                "target": to_tensor(square(target, self.resolution, box)),
+                "caption": sample.caption,
+                "is_variant": sample.is_variant}
+        if self.loss_masks:
+            if sample.loss_mask is None:
+                item["loss_mask"] = torch.ones(self.resolution, self.resolution)
+            else:
+                mask = _guarded(sample.loss_mask, "bad loss mask", load_mask, source(sample.loss_mask), target_size)
+                item["loss_mask"] = to_tensor(square(mask, self.resolution, box, resample=Image.BILINEAR))
+        return item
+
+    def _reference(self, image, mask, invariant, rng):
+        side = self.reference_size
+        if invariant and self.augment:
+            box, flip, jitter = draw_augmentation(rng, *image.size)
+        else:
+            box, flip, jitter = centre_box(*image.size), False, None
+        reference = to_tensor(square(image, side, box, flip))
+        if jitter is not None:
+            reference = jitter_colour(reference, *jitter)
+        if mask is None:
+            return reference, torch.ones(side, side)
+        return reference, to_tensor(square(mask, side, box, flip, resample=Image.BILINEAR))
+
+    def _video_frames(self, sample, rng, video, count=None):
+        path = sample.target
+        if sample.frames is not None:
+            pair = sample.frames
+        else:
+            if count is None:
+                if path not in self._frame_counts:
+                    self._frame_counts[path] = _guarded(path, "unreadable video", frame_count, video)
+                count = self._frame_counts[path]
+            if count < self.min_gap + 1:
+                raise LoadError(path, f"too few frames: {count}, a pair {self.min_gap} apart needs {self.min_gap + 1}")
+            gap = int(rng.integers(self.min_gap, min(self.max_gap, count - 1) + 1))
+            first = int(rng.integers(0, count - gap))
+            pair = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
+        side = max(self.resolution, self.reference_size)
+        frames = _guarded(path, "unreadable video", read_frames, video, pair, side)
+        return frames[pair[0]], frames[pair[1]]
+
+
+class FlexIPDataset(SampleLoader, torch.utils.data.Dataset):
+    """Samples (manifest.Sample) -> training items, by index; the options are SampleLoader's.
+    seed: with the epoch and the index, seeds each item's augmentation and frame pair."""
+
     def __init__(self, samples, resolution=512, reference_size=448, seed=0, min_gap=MIN_GAP, max_gap=MAX_GAP,
                  augment=True, loss_masks=False):
         self.samples = list(samples)
         if not self.samples:
             raise ValueError("FlexIPDataset: no samples (build a manifest with python -m flexip_train.build_manifest)")
-        if not 1 <= min_gap <= max_gap:
-            raise ValueError(f"FlexIPDataset: need 1 <= min_gap <= max_gap, got {min_gap}, {max_gap}")
         if seed < 0:
             raise ValueError(f"FlexIPDataset: the seed must be >= 0, got {seed}")
-        self.resolution, self.reference_size = int(resolution), int(reference_size)
-        self.seed, self.min_gap, self.max_gap, self.augment = int(seed), int(min_gap), int(max_gap), augment
-        self.loss_masks = loss_masks
+        super().__init__(resolution, reference_size, min_gap, max_gap, augment, loss_masks)
+        self.seed = int(seed)
         self.epoch = 0
         self.pools = {kind: [i for i, s in enumerate(self.samples) if s.is_variant == kind] for kind in (False, True)}
         self._place = {i: n for pool in self.pools.values() for n, i in enumerate(pool)}
-        self._frame_counts = {}
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -144,67 +235,7 @@ class FlexIPDataset(torch.utils.data.Dataset):
 
     def load(self, index, rng):
         """One sample's tensors without substitution; raises LoadError naming the file that failed."""
-        sample = self.samples[index]
-        if sample.modality == "video":
-            reference, target = self._video_frames(sample, rng)
-            references = [(reference, None)]
-            target_size = target.size
-        else:
-            pictures = {}
-            side = max(self.resolution, self.reference_size)
-            for path in dict.fromkeys((*sample.references, sample.target)):
-                pictures[path] = _guarded(path, "unreadable image", load_image, path, side)
-            references = [(pictures[p][0], pictures[p][1]) for p in sample.references]
-            target, target_size = pictures[sample.target]
-        masks = [None] * len(references)
-        if sample.mask is not None:  # a Sample with a mask has one reference
-            image, full_size = references[0]
-            masks[0] = _guarded(sample.mask, "bad mask", load_mask, sample.mask, full_size or image.size)
-        loaded = [self._reference(image, mask, sample.modality == "image", rng)
-                  for (image, _), mask in zip(references, masks)]
-        box = centre_box(*target.size)
-        item = {"reference": torch.stack([r for r, _ in loaded]),
-                "reference_mask": torch.stack([m for _, m in loaded]),
-                "target": to_tensor(square(target, self.resolution, box)),
-                "caption": sample.caption,
-                "is_variant": sample.is_variant}
-        if self.loss_masks:
-            if sample.loss_mask is None:
-                item["loss_mask"] = torch.ones(self.resolution, self.resolution)
-            else:
-                mask = _guarded(sample.loss_mask, "bad loss mask", load_mask, sample.loss_mask, target_size)
-                item["loss_mask"] = to_tensor(square(mask, self.resolution, box, resample=Image.BILINEAR))
-        return item
-
-    def _reference(self, image, mask, invariant, rng):
-        side = self.reference_size
-        if invariant and self.augment:
-            box, flip, jitter = draw_augmentation(rng, *image.size)
-        else:
-            box, flip, jitter = centre_box(*image.size), False, None
-        reference = to_tensor(square(image, side, box, flip))
-        if jitter is not None:
-            reference = jitter_colour(reference, *jitter)
-        if mask is None:
-            return reference, torch.ones(side, side)
-        return reference, to_tensor(square(mask, side, box, flip, resample=Image.BILINEAR))
-
-    def _video_frames(self, sample, rng):
-        path = sample.target
-        if sample.frames is not None:
-            pair = sample.frames
-        else:
-            if path not in self._frame_counts:
-                self._frame_counts[path] = _guarded(path, "unreadable video", frame_count, path)
-            count = self._frame_counts[path]
-            if count < self.min_gap + 1:
-                raise LoadError(path, f"too few frames: {count}, a pair {self.min_gap} apart needs {self.min_gap + 1}")
-            gap = int(rng.integers(self.min_gap, min(self.max_gap, count - 1) + 1))
-            first = int(rng.integers(0, count - gap))
-            pair = (first, first + gap) if rng.random() < 0.5 else (first + gap, first)
-        side = max(self.resolution, self.reference_size)
-        frames = _guarded(path, "unreadable video", read_frames, path, pair, side)
-        return frames[pair[0]], frames[pair[1]]
+        return self.load_sample(self.samples[index], rng)
 
 
 def collate(items):

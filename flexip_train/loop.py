@@ -20,12 +20,14 @@ from flexip_core.training import (CFGDropout, TrainingConditioner, drop, epsilon
 from flexip_core.weights import save_flexip
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .dataset import BalancedSampler, FlexIPDataset
+from .dataset import BalancedSampler, FlexIPDataset, SampleLoader
 from .feature_cache import FeatureCache
 from .init import init_flexip
 from .logs import MetricsLog, current_memory_mb
 from .manifest import read_manifest
 from .rng import capture_rng_state, restore_rng_state
+from .shards import read_index
+from .stream import ShardStream
 
 
 @dataclass
@@ -84,6 +86,16 @@ class Trainer:
         self.conditioner, self.optimizer, self.scheduler = accelerator.prepare(
             TrainingConditioner(self.flexip).to(base.device), self.optimizer, self.scheduler)
 
+        self.stream = None
+        if config.data.shards:
+            self._shard_data(config, flexip_config)
+        else:
+            self._manifest_data(config, flexip_config)
+        self.step = 0
+        self.skipped = []
+
+    def _manifest_data(self, config, flexip_config):
+        accelerator = self.accelerator
         samples, problems = [], []
         for manifest in config.data.manifests:
             found, bad = read_manifest(manifest)
@@ -93,10 +105,7 @@ class Trainer:
             raise ValueError(f"[data] manifests: no usable samples in {config.data.manifests} "
                              f"({len(problems)} problems: {'; '.join(map(str, problems[:5]))})")
         self.manifest_problems = problems
-        weighted = config.loss.subject_weight != 1 and any(s.loss_mask for s in samples)
-        if config.loss.subject_weight != 1 and not weighted:
-            accelerator.print(f"loss.subject_weight is {config.loss.subject_weight:g} but no sample has a loss_mask: "
-                              "the loss weighs every pixel alike")
+        weighted = self._weigh_loss(any(s.loss_mask for s in samples))
         self.dataset = FlexIPDataset(samples, config.data.resolution, flexip_config.clip.resolution * 2,
                                      seed=config.run.seed, min_gap=config.data.min_gap, max_gap=config.data.max_gap,
                                      loss_masks=weighted)
@@ -104,13 +113,39 @@ class Trainer:
                                        rank=accelerator.process_index)
         if self.sampler.warning:
             accelerator.print(self.sampler.warning)
+        self.data_facts = {"samples": len(samples), "variant_samples": sum(s.is_variant for s in samples),
+                           "loss_masks": sum(s.loss_mask is not None for s in samples)}
         self.cache = FeatureCache(config.data.feature_cache, {
             "manifests": [str(Path(m).resolve()) for m in config.data.manifests], "samples": len(samples),
-            "resolution": config.data.resolution, "checkpoint": Path(config.model.checkpoint).name,
-            "clip": flexip_config.clip.__dict__, "dino": flexip_config.dino.__dict__,
-        }) if config.data.feature_cache else None
-        self.step = 0
-        self.skipped = []
+            **self._cache_identity(config, flexip_config)}) if config.data.feature_cache else None
+
+    def _shard_data(self, config, flexip_config):
+        index = read_index(config.data.shards)
+        self.manifest_problems = []
+        loader = SampleLoader(config.data.resolution, flexip_config.clip.resolution * 2, config.data.min_gap,
+                              config.data.max_gap, loss_masks=self._weigh_loss(index["loss_masks"] > 0))
+        self.stream = ShardStream(config.data.shards, loader, seed=config.run.seed, rank=self.accelerator.process_index,
+                                  world=self.accelerator.num_processes, workers=config.data.num_workers,
+                                  buffer=config.data.shuffle_buffer)
+        if self.stream.warning:
+            self.accelerator.print(self.stream.warning)
+        self.data_facts = {"samples": index["samples"], "variant_samples": index["kinds"]["variant"],
+                           "loss_masks": index["loss_masks"]}
+        self.cache = FeatureCache(config.data.feature_cache, {
+            "shards": str(Path(config.data.shards).resolve()), "samples": index["samples"],
+            **self._cache_identity(config, flexip_config)}) if config.data.feature_cache else None
+
+    def _weigh_loss(self, masks_present):
+        weight = self.config.loss.subject_weight
+        if weight != 1 and not masks_present:
+            self.accelerator.print(f"loss.subject_weight is {weight:g} but no sample has a loss_mask: "
+                                   "the loss weighs every pixel alike")
+        return weight != 1 and masks_present
+
+    @staticmethod
+    def _cache_identity(config, flexip_config):
+        return {"resolution": config.data.resolution, "checkpoint": Path(config.model.checkpoint).name,
+                "clip": flexip_config.clip.__dict__, "dino": flexip_config.dino.__dict__}
 
     # --- one step ---
 
@@ -169,11 +204,11 @@ class Trainer:
     # --- the run ---
 
     def resume(self):
-        """(epoch, position) to continue from; restores module, optimizer, scheduler and RNG."""
+        """The data state to continue from (None: the start); restores module, optimizer, scheduler and RNG."""
         choice = self.config.run.resume
         path = None if choice == "none" else latest_checkpoint(self.run_dir) if choice == "auto" else Path(choice)
         if path is None:
-            return 0, 0
+            return None
         state = load_checkpoint(path, self.flexip, _unwrap(self.optimizer), _unwrap(self.scheduler))
         if len(state.rng_states) != self.accelerator.num_processes:
             raise ValueError(f"{path}: saved by {len(state.rng_states)} processes, resumed on "
@@ -182,21 +217,50 @@ class Trainer:
         self.step = state.step
         self.skipped = list(state.extra.get("skipped", []))
         self.accelerator.print(f"resumed from {path} at step {self.step}")
-        return state.data_state["epoch"], state.data_state["position"]
+        if self.stream is None:
+            return state.data_state
+        return state.data_state["streams"][self.accelerator.process_index]
 
-    def save(self, epoch, position):
+    def save(self, data_state):
+        """data_state: where the data goes on, as steps() gives it (a shard stream's differs per rank)."""
         rng = [capture_rng_state()]
         states = gather_object(rng) if self.accelerator.num_processes > 1 else rng
+        if self.stream is not None:
+            streams = gather_object([data_state]) if self.accelerator.num_processes > 1 else [data_state]
+            data_state = {"streams": streams}
         if self.accelerator.is_main_process:
             save_checkpoint(self.run_dir, self.step, self.flexip, _unwrap(self.optimizer), _unwrap(self.scheduler),
-                            {"epoch": epoch, "position": position}, states, self.config.to_dict(),
+                            data_state, states, self.config.to_dict(),
                             extra={"skipped": self.skipped[-1000:]}, keep_last=self.config.run.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def steps(self, epoch, position):
-        """(epoch, position after the step, [(items, keys) per micro-batch]) per optimizer step, from
-        the resume point on; keys are (epoch, global position) per item. One DataLoader per epoch, so
-        its workers see the epoch's augmentation."""
+    def steps(self, data_state):
+        """(data state after the step, [(items, keys) per micro-batch]) per optimizer step, from the
+        resume point (data_state; None: the start) on."""
+        return self.manifest_steps(data_state) if self.stream is None else self.shard_steps(data_state)
+
+    def shard_steps(self, data_state):
+        """From the shard stream: keys are (round, the sample's index in the shard set). One DataLoader
+        for the run; a batch comes from one worker and its last item's cursor is that worker's state."""
+        size, accum = self.config.data.batch_size, self.config.optim.grad_accum
+        batches, cursors = 0, {}
+        if data_state is not None:
+            self.stream.load_state_dict(data_state)
+            batches, cursors = data_state["batches"], dict(self.stream.cursors)
+        loader = DataLoader(self.stream, batch_size=size, num_workers=self.config.data.num_workers, collate_fn=list)
+        pending = []
+        for items in loader:
+            batches += 1
+            cursors[items[-1]["cursor"]["worker"]] = items[-1]["cursor"]
+            pending.append((items, [item["key"] for item in items]))
+            if len(pending) == accum:
+                yield self.stream.state_dict(batches, cursors), pending
+                pending = []
+
+    def manifest_steps(self, data_state):
+        """From the manifests' samples: the data state is {epoch, position}; keys are (epoch, global
+        position) per item. One DataLoader per epoch, so its workers see the epoch's augmentation."""
+        epoch, position = (0, 0) if data_state is None else (data_state["epoch"], data_state["position"])
         size, accum = self.config.data.batch_size, self.config.optim.grad_accum
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         while True:
@@ -217,18 +281,18 @@ class Trainer:
                 pending.append((items, [(epoch, (start + j) * world + rank) for j in range(len(items))]))
                 position = start + len(items)
                 if len(pending) == accum:
-                    yield epoch, position, pending
+                    yield {"epoch": epoch, "position": position}, pending
                     pending = []
             epoch, position = epoch + 1, 0
 
     def train(self):
-        epoch, position = self.resume()
+        data_state = self.resume()
         config, acc = self.config, self.accelerator
         log = MetricsLog(self.run_dir, enabled=acc.is_main_process, total=config.run.max_steps, start=self.step,
                          progress=self.progress)
         started, start_step = time.time(), self.step
         try:
-            for epoch, position, micro in self.steps(epoch, position):
+            for data_state, micro in self.steps(data_state):
                 if self.step >= config.run.max_steps:
                     break
                 for items, _ in micro:
@@ -244,7 +308,7 @@ class Trainer:
                     "samples_per_s": (self.step - start_step) * self.step_samples() / elapsed,
                 }, write=self.step % config.run.log_every == 0)
                 if self.step % config.run.checkpoint_every == 0 or self.step == config.run.max_steps:
-                    self.save(epoch, position)
+                    self.save(data_state)
                 if self.validator and config.run.validate_every and self.step % config.run.validate_every == 0:
                     if acc.is_main_process:
                         self.validator(self.flexip, self.step)
@@ -263,15 +327,15 @@ class Trainer:
         the caller adds: a benchmark's variant, say) in its metadata."""
         path = self.run_dir / self.config.run.export_name
         if self.accelerator.is_main_process:
-            facts = {"steps": self.step, "samples": len(self.dataset), "variant_samples": sum(
-                s.is_variant for s in self.dataset.samples), "skipped_while_loading": len(self.skipped),
+            facts = {"steps": self.step, "samples": self.data_facts["samples"],
+                "variant_samples": self.data_facts["variant_samples"], "skipped_while_loading": len(self.skipped),
                 "manifest_problems": len(self.manifest_problems), "base_checkpoint": Path(self.config.model.checkpoint).name,
                 "base_checkpoint_sha256": base_hash, "alpha": self.flexip.gate.alpha.item(),
                 "beta": self.flexip.gate.beta.item(), "gate_mode": self.config.gate.mode,
                 "text_on_images": self.config.dropout.text_on_images,
                 "image_timesteps": self.config.loss.image_timesteps,
                 "subject_weight": self.config.loss.subject_weight,
-                "loss_masks": sum(s.loss_mask is not None for s in self.dataset.samples),
+                "loss_masks": self.data_facts["loss_masks"],
                 "processes": self.accelerator.num_processes,
                 "global_batch": self.step_samples(), **(extra_facts or {})}
             save_flexip(self.flexip, path, {"training": json.dumps(facts)})

@@ -1,5 +1,8 @@
 """The files a training sample names: finding and decoding pictures, masks and video frames
-(PIL and PyAV), as the builders and the dataset read them."""
+(PIL and PyAV), as the builders and the dataset read them.
+
+A source is a path or, for samples read from tar shards (flexip_train.shards), an open binary
+file; a frame folder from a shard is the list of its frames' files, in order."""
 import math
 import re
 from pathlib import Path
@@ -68,12 +71,23 @@ def load_mask(path, size):
     return mask
 
 
+def _is_frame_list(source):
+    return isinstance(source, (list, tuple))
+
+
+def _video_source(source):
+    return source if hasattr(source, "read") else str(source)
+
+
 def frame_count(path):
-    """Frames in a frame folder, or in a video's first video stream: the container's count, or,
-    where the container does not store one (WebM, MKV), by decoding. Raises what PyAV raises."""
-    if Path(path).is_dir():
+    """Frames in a frame folder (or list of frames), or in a video's first video stream: the
+    container's count, or, where the container does not store one (WebM, MKV), by decoding.
+    Raises what PyAV raises."""
+    if _is_frame_list(path):
+        return len(path)
+    if not hasattr(path, "read") and Path(path).is_dir():
         return len(list_frames(path))
-    with av.open(str(path)) as container:
+    with av.open(_video_source(path)) as container:
         stream = video_stream(container)
         return stream.frames or count_decoded_frames(container, stream)
 
@@ -99,13 +113,13 @@ def read_frames(path, indices, min_side=None):
     mean the same in every container, variable frame rates included. Raises TooFewFrames when there
     are fewer frames."""
     wanted = sorted(set(indices))
-    if Path(path).is_dir():
-        frames = list_frames(path)
+    if _is_frame_list(path) or (not hasattr(path, "read") and Path(path).is_dir()):
+        frames = path if _is_frame_list(path) else list_frames(path)
         if wanted[-1] >= len(frames):
             raise TooFewFrames(f"the frame folder has {len(frames)} frames, frame {wanted[-1]} asked for")
         return {i: load_image(frames[i], min_side)[0] for i in wanted}
     found, decoded = {}, 0
-    with av.open(str(path)) as container:
+    with av.open(_video_source(path)) as container:
         stream = video_stream(container)
         stream.thread_type = "AUTO"
         for decoded, frame in enumerate(container.decode(stream), start=1):

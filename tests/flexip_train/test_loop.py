@@ -113,7 +113,7 @@ def test_frozen_parts_stay_frozen_and_every_trainable_tensor_learns(manifests, t
     assert not any(p.requires_grad for p in unet.parameters())
     alpha, beta = trainer.flexip.gate.alpha.item(), trainer.flexip.gate.beta.item()
 
-    (epoch, position, micro) = next(trainer.steps(0, 0))
+    (_, micro) = next(trainer.steps(None))
     (items, keys), = micro
     assert {item["is_variant"] for item in items} == {False, True}  # the 1:1 sampler: both kinds
     from flexip_train.loop import encode_items
@@ -145,7 +145,7 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4}, gate={"mode": "sampled"},
                                        dropout={"text": 0.0, "image": 0.0, "both": 0.0}))
     assert not any(p.requires_grad for p in trainer.flexip.gate.parameters())
-    (_, _, micro) = next(trainer.steps(0, 0))
+    (_, micro) = next(trainer.steps(None))
     (items, keys), = micro
     batch = encode_items(trainer.base, items, None)
     _, timesteps, noise, (gamma_u, _) = trainer.draws(keys, batch.latents.shape[1:])
@@ -174,7 +174,7 @@ def test_image_samples_timestep_split_and_text_dropout(manifests, tmp_path):
     from flexip_train.loop import encode_items
     trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4}, loss={"image_timesteps": 0.5},
                                        dropout={"text": 0.0, "image": 0.0, "both": 0.0, "text_on_images": 1.0}))
-    (_, _, micro) = next(trainer.steps(0, 0))
+    (_, micro) = next(trainer.steps(None))
     (items, keys), = micro
     batch = encode_items(trainer.base, items, None)
     assert batch.is_variant.any() and not batch.is_variant.all()
@@ -201,7 +201,7 @@ def test_cfg_dropout_drops_what_the_uncond_pass_drops(manifests, tmp_path):
     for name, dropout in (("all", {"text": 0.0, "image": 0.0, "both": 1.0}),
                           ("none", {"text": 0.0, "image": 0.0, "both": 0.0})):
         trainer = make_trainer(tiny_config(tmp_path / name, manifests, dropout=dropout, data={"batch_size": 4}))
-        (_, _, ((items, keys),)) = next(trainer.steps(0, 0))
+        (_, ((items, keys),)) = next(trainer.steps(None))
         batch = encode_items(trainer.base, items, None)
         other = type(batch)(batch.latents, batch.text.roll(1, 0), batch.clip.roll(1, 0), batch.dino.roll(1, 0),
                             batch.is_variant)
@@ -254,7 +254,7 @@ def test_subject_weight_weighs_the_loss_masks_and_a_manifest_without_them_trains
 
     trainer, weighted = run("masked_weighted", masked, 3.0)
     assert trainer.dataset.loss_masks and weighted != plain
-    (_, _, ((items, keys),)) = next(trainer.steps(0, 0))
+    (_, ((items, keys),)) = next(trainer.steps(None))
     batch = encode_items(trainer.base, items, None)
     assert batch.loss_mask.shape == (2, 64, 64) and torch.equal(batch.loss_mask[:, :, :32], torch.ones(2, 64, 32))
     with torch.no_grad():
