@@ -33,8 +33,9 @@ class ManagedFlexIP:
 
     def load(self):
         """Put the module on its compute device (other models are offloaded if it needs the room);
-        returns that device."""
+        returns the device its weights are on, where its layers must run."""
         # Loaded whole: ComfyUI's partial (lowvram) loading only streams comfy.ops layers and would
-        # leave FlexIP's plain torch layers on the offload device.
+        # leave FlexIP's plain torch layers on the offload device. Under --novram model management loads
+        # every model partially even so, and the module stays on the offload device: it runs there.
         comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.patcher.load_device
+        return next(self.module.parameters()).device
