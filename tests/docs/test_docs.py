@@ -20,7 +20,8 @@ RUNNERS = {
     "scripts/test.sh": [".ci/run"],
     "scripts/flexip_client.py": ["tests/host/test_doc_commands.py"],
     "flexip_train.build_manifest": ["tests/flexip_train/test_builders.py"],
-    "flexip_train": ["tests/flexip_train/sd15_run.py", "tests/flexip_train/test_config.py", "tests/docs/test_docs.py"],
+    "flexip_train": ["tests/flexip_train/sd15_run.py", "tests/flexip_train/test_config.py", "tests/docs/test_docs.py",
+                     "tests/flexip_train/test_shards.py", "tests/flexip_train/test_training_recipe.py"],
     "flexip_eval": ["tests/flexip_eval/test_runner_host.py"],
     "benchmarks.nano": ["tests/benchmarks/nano/test_run.py"],
     "requirements.txt": ["scripts/host-requirements.txt"],  # pip install -r requirements.txt: the test host does
