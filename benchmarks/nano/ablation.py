@@ -63,7 +63,8 @@ def write_ablation(folder):
     if any("recolour" in s for s in summaries.values()):
         panels += [("recolour", axis) for axis in RECOLOUR_AXES]
     fig, axes = plt.subplots(len(panels) // 3, 3, figsize=(15, 4 * (len(panels) // 3)), squeeze=False)
-    for ax, (cases, axis) in zip(axes.flat, panels):
+    for panel, (ax, (cases, axis)) in enumerate(zip(axes.flat, panels)):
+        baselines = {}  # variants with the same references share one baseline: drawn once
         for k, (name, summary) in enumerate(summaries.items()):
             if cases is not None and cases not in summary:
                 continue
@@ -72,12 +73,14 @@ def write_ablation(folder):
             ax.errorbar(m["values"], m[axis], yerr=m[f"{axis}_se"], marker="o", capsize=2, color=f"C{k}",
                         label=f"FlexIP {name}")
             if BASELINE in shown:
-                b = shown[BASELINE]
-                ax.plot(b["values"], b[axis], "--", color=f"C{k}", alpha=0.6, label=f"baseline ({name}'s references)")
-        ax.set_xlabel("control (gamma; strength for the dashed baselines)")
+                baselines.setdefault(summary["facts"]["variant"].get("references", "scene"), shown[BASELINE])
+        for style, (references, b) in zip(("k--", "k:"), sorted(baselines.items())):
+            ax.plot(b["values"], b[axis], style, label=f"baseline, {references} references (strength)")
+        ax.set_xlabel("control (gamma; strength for the black baselines)")
         ax.set_title(LABELS[axis] + (" (recolour cases)" if cases else " (scene cases)"))
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=6)
+        if panel % 3 == 0:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "ablation.png", dpi=110)
     plt.close(fig)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.nano import recolour, report, scoring, world
+from benchmarks.nano import ablation, recolour, report, scoring, world
 from benchmarks.nano.summary import BASELINE, FLEXIP
 
 
@@ -58,7 +58,8 @@ def test_report_on_rendered_sweeps(tmp_path):
                            "pictures": torch.stack([pictures(wanted, asked)] * 2 + [pictures(right, asked)])[None].numpy()},
                   BASELINE: {"values": [0.0, 0.5, 1.0], "pictures": torch.stack([pictures(right, asked)] * 3)[None].numpy()}}
     _first_evaluator(recoloured, edited, renderer)
-    summary = report.write_report(tmp_path, SIZES["ci"], cases, results, facts, tmp_path, drawable, (edited, recoloured))
+    folder = tmp_path / "paper"
+    summary = report.write_report(folder, SIZES["ci"], cases, results, facts, tmp_path, drawable, (edited, recoloured))
     ours = summary[FLEXIP]
     # identity counts colour, pattern, mark: the wrong subject keeps only its pattern
     assert ours["identity"] == pytest.approx([1 / 3, 1.0, 1.0])
@@ -70,7 +71,7 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert targets["spearman_identity"]["values"] == [pytest.approx(np.sqrt(3) / 2, abs=1e-4)]
     assert not targets["spearman_identity"]["met"]
     assert summary["first_evaluator"]["targets"]["front"]["met"]
-    text = (tmp_path / "report.md").read_text()
+    text = (folder / "report.md").read_text()
     assert "The first evaluator's numbers" in text and "± 0.000" in text
     assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
     assert "the build's length from them 1.4 min (FlexIP and the baseline side by side)" in text
@@ -85,4 +86,11 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert "## Recolour cases: prompts that contradict the reference" in text
     for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png",
                  "recolour_controls.png", "recolour_sweep.png"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert (folder / name).stat().st_size > 0
+    # the ablation over the variants in the folder: this one's row, scene targets then recolour targets
+    ablation.write_ablation(tmp_path)
+    row = next(line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| paper |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 1 + len(ablation.ABLATION_TARGETS) + 5 + len(ablation.RECOLOUR_TARGETS) + 3
+    assert cells[-3:] == ["1.00 1.00 1.00", "1.00 1.00 0.80", "0.00 0.00 1.00"]  # recolour identity, prompt, colour copying
+    assert (tmp_path / "ablation.png").stat().st_size > 0
