@@ -19,7 +19,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m flexip_train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train FlexIP (preservation and personalization adapters, per-layer projections and the "
-                    "gate) on a frozen SD1.5 loaded by ComfyUI, and export the weight file FlexIPLoader loads.",
+                    "gate) on a frozen SD1.5 loaded by ComfyUI, and export the weight file FlexIPLoader loads. "
+                    "`python -m flexip_train shards --help`: write manifests into tar shards for [data] shards.",
         epilog="The config file is TOML with these sections and options (defaults shown):\n\n" + describe_options())
     parser.add_argument("--config", help="the run's TOML file")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
