@@ -13,7 +13,8 @@ thread handles the flags after a tiny wake-up prompt, collects garbage, then mem
 after the second run. The second run's wall time shows the cost of loading again what /free
 released.
 
-With --server-args the server runs with those ComfyUI flags too (e.g. "--lowvram", "--cache-ram"). From
+With --server-args the server runs with those ComfyUI flags too (e.g. "--lowvram", "--cache-ram"; a VRAM mode
+replaces --cpu, which both hosts refuse beside one: without a GPU, ComfyUI then stops at startup). From
 the server's launch a thread samples its RSS every 0.25 s and reads model management's log lines as they
 appear, so the run prints what was loaded and unloaded when, with the RSS at that moment, and each
 stage's sampled peak; --plot draws the RSS over time with the stages and loads marked, --json keeps
@@ -59,7 +60,11 @@ def parse_args():
 
 
 # Model management's log lines: what it loads and unloads, and how much of it.
-MODEL_EVENTS = re.compile(r"Requested to load|[Ll]oaded (completely|partially)|[Uu]nload|[Oo]ffload|prepared for dynamic")
+MODEL_EVENTS = re.compile(r"Requested to load|[Ll]oaded (completely|partially)|[Uu]nload|[Oo]ffload|prepared for dynamic"
+                          r"|Set vram state|Device: |Total VRAM")
+# Both hosts refuse these beside --cpu (one exclusive group of flags), so they go without it: on a machine
+# without a GPU the server then stops at startup (no CUDA device), as it would for a user there.
+VRAM_MODES = {"--gpu-only", "--highvram", "--normalvram", "--lowvram", "--novram"}
 
 
 def model_events(log_path, start):
@@ -170,10 +175,11 @@ def measure(pack, files, args, folder):
     port = comfy_server.free_port()
     log_path = folder / "server.log"
     comfy_server.RUN.mkdir(parents=True, exist_ok=True)
-    cmd = [str(host.PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--base-directory", str(base),
+    flags = shlex.split(args.server_args)
+    cmd = [str(host.PYTHON), "main.py", *([] if VRAM_MODES & set(flags) else ["--cpu"]), "--listen", "127.0.0.1",
+           "--port", str(port), "--disable-auto-launch", "--base-directory", str(base),
            "--extra-model-paths-config", str(comfy_server.write_model_paths()), "--database-url", "sqlite:///:memory:",
-           *shlex.split(args.server_args)]
+           *flags]
     with open(log_path, "w") as log:
         server = subprocess.Popen(cmd, cwd=host.COMFYUI, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
