@@ -304,7 +304,7 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: the benchmark (about 45 min "
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: the benchmark (about 48 min "
                         "on 2 CPU cores); ci: the CI-sized run (no baseline)")
     parser.add_argument("--variant", nargs="+", choices=[*VARIANTS, "all"], default=[DEFAULT_VARIANT],
                         help=f"training variants to build and report (default: {DEFAULT_VARIANT}, chosen by "
