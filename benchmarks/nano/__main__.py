@@ -141,7 +141,7 @@ class Stages:
 
     def done(self):
         path, stamp, start, cpu, lock = self.pending
-        path.write_text(json.dumps({"stamp": stamp, "seconds": time.time() - start,
+        path.write_text(json.dumps({"stamp": stamp, "started": start, "seconds": time.time() - start,
                                     "cpu_seconds": time.process_time() - cpu}, indent=1, sort_keys=True))
         lock.close()
 
@@ -155,12 +155,52 @@ def log(message):
     print(f"[nano] {message}", flush=True)
 
 
-def build(size, cache, variant, rebuild=False, progress=True, helper=None, baseline_only=False):
+def build(size, cache, variant, rebuild=False, progress=True, base_held=None, in_second_lane=False):
     """Every stage the variant needs, cached; -> (base, flexip, baseline or None, stages, facts).
-    helper: a command line that builds the variant's baseline in a second process (started just
-    before FlexIP's training, so that the two train side by side on two cores; the stage lock makes
-    this process wait for it). baseline_only: build the shared stages and the baseline, nothing else."""
+    base_held: called once this process holds the base (built or cached), which is when --jobs 2 starts
+    its second lane: the encoders then build beside the base and the baseline trains beside FlexIP, on
+    one core each (the recolour sweeps then go beside the scene sweeps: evaluate()). in_second_lane: this
+    is that lane's process; it meets the stages in the other order (the encoders first, the baseline
+    before FlexIP) and returns None where it has nothing to add. A stage's lock makes either process
+    wait while the other builds it, so that in any order each stage is built once and both read it."""
+    from . import base as nano_base
+    from . import data
+    from . import encoders as nano_encoders
+
+    stages = Stages(cache, rebuild)
+    facts = {"size": dataclasses.asdict(size), "variant": dataclasses.asdict(variant)}
+    encoders_path = stages.folder("encoders") / "encoders.safetensors"
+    base_path = stages.folder("base") / "base.safetensors"
+
+    def build_encoders():
+        if not stages.current("encoders", [size.encoder_steps, size.encoder_subjects], ["world", "encoders"]):
+            trained = nano_encoders.train_encoders(size.encoder_steps, size.encoder_subjects, progress=progress)
+            nano_encoders.save_encoders(trained, encoders_path)
+            stages.done()
+
+    if in_second_lane:
+        build_encoders()
+        if not (size.baseline or size.recolour):
+            return None
+    if not stages.current("data", [size.views_per_subject, size.pairs_per_view], ["world", "data"]):
+        log("data: rendering the training pictures")
+        data.write_training_data(stages.folder("data"), size.views_per_subject, size.pairs_per_view, progress=progress)
+        stages.done()
+    cached = stages.current("base", [size.base_steps, size.base_batch], ["world", "base"])
+    if base_held is not None:
+        base_held()
+    if not cached:
+        nano_base.save_base(nano_base.train_base(size.base_steps, size.base_batch, progress=progress), base_path)
+        stages.done()
+    build_encoders()
+    return trained_adapters(size, variant, stages, facts, base_path, encoders_path, progress, in_second_lane)
+
+
+def trained_adapters(size, variant, stages, facts, base_path, encoders_path, progress, in_second_lane):
+    """The base model with the encoders, and FlexIP and (where the size has one) its baseline, each
+    trained or read from the cache: -> (base, flexip, baseline or None, stages, facts)."""
     from flexip_core.config import register_config
+    from flexip_core.weights import load_flexip, read_flexip_header
 
     from . import base as nano_base
     from . import data
@@ -168,73 +208,51 @@ def build(size, cache, variant, rebuild=False, progress=True, helper=None, basel
     from .baseline import BASELINE_GATE
     from .train import Variant, nano_config, train_adapters
 
-    stages = Stages(cache, rebuild)
-    facts = {"size": dataclasses.asdict(size), "variant": dataclasses.asdict(variant)}
-    data_folder = stages.folder("data")
-    if not stages.current("data", [size.views_per_subject, size.pairs_per_view], ["world", "data"]):
-        log("data: rendering the training pictures")
-        data.write_training_data(data_folder, size.views_per_subject, size.pairs_per_view, progress=progress)
-        stages.done()
-
-    path = stages.folder("encoders") / "encoders.safetensors"
-    if not stages.current("encoders", [size.encoder_steps, size.encoder_subjects], ["world", "encoders"]):
-        trained = nano_encoders.train_encoders(size.encoder_steps, size.encoder_subjects, progress=progress)
-        nano_encoders.save_encoders(trained, path)
-        stages.done()
-    encoders = nano_encoders.load_encoders(path)
+    encoders = nano_encoders.load_encoders(encoders_path)
     facts["encoder_knowledge"] = nano_encoders.attribute_knowledge(encoders)
-    for name, known in facts["encoder_knowledge"].items():
+    for name, known in facts["encoder_knowledge"].items() if not in_second_lane else ():
         log(f"encoders: {name} stand-in, nearest-neighbour attribute accuracy (held-out subjects): "
             + ", ".join(f"{a} {v:.0%}" for a, v in known.items()))
-
-    path = stages.folder("base") / "base.safetensors"
-    if not stages.current("base", [size.base_steps, size.base_batch], ["world", "base"]):
-        weights = nano_base.train_base(size.base_steps, size.base_batch, progress=progress)
-        nano_base.save_base(weights, path)
-        stages.done()
-    patcher, text = nano_base.load_base(path)
+    patcher, text = nano_base.load_base(base_path)
     config = nano_config(patcher.model.diffusion_model)
     register_config(config)  # the pack's weight loader then accepts the files the Trainer exports for it
     base = nano_base.nano_base(patcher, text, encoders, config)
 
-    from flexip_core.weights import load_flexip, read_flexip_header
-    trained = {}
     # The baseline is IP-Adapter's recipe (own captions, its gate fixed) with the variant's references.
     runs = [(f"flexip-{variant.name}", "flexip", variant, ["train", "data"])]
     if size.baseline:
         runs.append((f"baseline-{variant.references}", "baseline",
                      Variant(f"baseline-{variant.references}", BASELINE_GATE, references=variant.references),
                      ["train", "data", "baseline"]))
-    if baseline_only:
-        runs = runs[1:]
-    second = subprocess.Popen(helper) if helper and size.baseline and not baseline_only else None
-    for stage, role, recipe, modules in runs:
+    trained = {}
+    for stage, role, recipe, modules in (runs[::-1] if in_second_lane else runs):
         folder = stages.folder(stage)
         if not stages.current(stage, [dataclasses.asdict(size.adapters), dataclasses.asdict(recipe)], modules,
                               ["data", "encoders", "base"]):
             log(f"{stage}: training with flexip_train's Trainer ({recipe.description or recipe.name})")
-            manifests = data.variant_manifests(data_folder, recipe, folder / "manifests")
+            manifests = data.variant_manifests(stages.folder("data"), recipe, folder / "manifests")
             train_adapters(base, config, manifests, folder, size.adapters, recipe, export_name=role, progress=progress)
             stages.done()
         trained[role] = load_flexip(folder / f"{role}.safetensors")
         facts[f"{role}_training"] = json.loads(read_flexip_header(folder / f"{role}.safetensors")[1]["training"])
-        facts.setdefault("stages", []).append(stage)
-    if second is not None and second.wait() != 0:
-        raise RuntimeError(f"nano: the baseline's process failed (exit code {second.returncode}): {' '.join(helper)}")
+    facts["stages"] = [stage for stage, *_ in runs]
     return base, trained.get("flexip"), trained.get("baseline"), stages, facts
 
 
-def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True):
+def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True, in_second_lane=False):
     """The sweeps of the scene cases and, where the size has them, of the recolour cases (recolour.py):
-    -> (cases, results, recolour (cases, results) or None)."""
+    -> (cases, results, recolour (cases, results) or None). in_second_lane: the recolour sweeps only, beside
+    the first lane's scene sweeps (build())."""
     from . import world
     from .recolour import recolour_cases
 
     _, held_out = world.split()
     cases = world.evaluation_cases(held_out[:size.eval_subjects], size.cases_per_subject)
     adapters = list(facts["stages"])
-    results = sweeps(f"evaluation-{variant.name}", cases, ["world", "evaluate", "baseline"], adapters,
-                     size, variant, base, flexip, baseline, stages, facts, progress)
+    results = None
+    if not in_second_lane:
+        results = sweeps(f"evaluation-{variant.name}", cases, ["world", "evaluate", "baseline"], adapters,
+                         size, variant, base, flexip, baseline, stages, facts, progress)
     recolour = None
     if size.recolour:
         edited = recolour_cases(cases)
@@ -282,12 +300,25 @@ def drawability(size, base, cases, stages):
     return json.loads(path.read_text())
 
 
-def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None):
+def run_variant(size, cache, variant, report_dir, rebuild, progress, second_lane=None):
+    """Builds the variant and writes its report. second_lane: the command line of --jobs 2's second
+    process (build()), started once this one holds the base; a failure there fails the run."""
     from . import report
     start = time.time()
-    base, flexip, baseline, stages, facts = build(size, cache, variant, rebuild, progress, helper)
-    cases, results, recolour = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
-    drawable = drawability(size, base, cases, stages)
+    second = []
+    try:
+        base, flexip, baseline, stages, facts = build(
+            size, cache, variant, rebuild, progress,
+            base_held=(lambda: second.append(subprocess.Popen(second_lane))) if second_lane else None)
+        cases, results, recolour = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
+        drawable = drawability(size, base, cases, stages)
+    except BaseException:
+        for process in second:
+            process.kill()
+        raise
+    for process in second:
+        if process.wait() != 0:
+            raise RuntimeError(f"nano: the second lane failed (exit code {process.returncode}): {' '.join(second_lane)}")
     log("drawability: the base's reconstruction accuracy per attribute: "
         + ", ".join(f"{a} {v:.0%}" for a, v in drawable.items()))
     facts["wall_time"] = time.time() - start
@@ -295,10 +326,18 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, helper=None
     built = ("data", "encoders", "base", *facts["stages"], "drawability")
     facts["stage_seconds"] = {name: stages.seconds(name) for name in built}
     facts["stage_cpu_seconds"] = {name: stages.seconds(name, "cpu_seconds") for name in built}
-    facts["parallel_adapters"] = helper is not None
+    facts["jobs"] = 2 if second_lane else 1
     summary = report.write_report(report_dir, size, cases, results, facts, stages.root, drawable, recolour)
     log(f"report: {report_dir / 'report.md'}")
     return summary
+
+
+def second_lane(size, cache, variant):
+    """--jobs 2's second process (build()): the encoders, the baseline and the recolour sweeps. Without
+    progress bars, which would write over the first lane's; its log lines say what it builds."""
+    built = build(size, cache, variant, progress=False, in_second_lane=True)
+    if built is not None and size.recolour:
+        evaluate(size, variant, *built, progress=False, in_second_lane=True)
 
 
 def main(argv=None):
@@ -316,10 +355,10 @@ def main(argv=None):
     parser.add_argument("--rebuild", action="store_true", help="rebuild every stage, ignoring the cache")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: these models are small, and on a busy machine one thread runs several times faster than two that wait for each other)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes (default 2: the baseline "
-                        "trains in a second process beside FlexIP, one torch thread each; 1: one after the other)")
-    parser.add_argument("--baseline-only", action="store_true", help="build the shared stages and the variant's "
-                        "baseline, nothing else (what --jobs 2 runs in its second process)")
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes (default 2: a second "
+                        "process, one torch thread each, builds the encoders beside the base, the baseline beside "
+                        "FlexIP and the recolour sweeps beside the scene sweeps; 1: one after the other)")
+    parser.add_argument("--second-lane", action="store_true", help="be that second process (--jobs 2 starts it)")
     parser.add_argument("--subject-weight", type=float, help="the adapters' loss weight of the subject's pixels "
                         "against the background's 1 (default: the size's, "
                         f"{SIZES['full'].adapters.subject_weight:g}; 1: unweighted); FlexIP and the baseline alike")
@@ -336,20 +375,20 @@ def main(argv=None):
     from .base import import_comfy
     import_comfy()
     sys.path.insert(0, str(REPO))
-    if args.baseline_only:
+    if args.second_lane:
         for name in names:
-            build(size, cache, VARIANTS[name], progress=False, baseline_only=True)
+            second_lane(size, cache, VARIANTS[name])
         return {}
 
-    def helper(name):  # the same run, for the baseline alone (cached stages are only read)
+    def second_lane_command(name):  # the same run's second lane
         if args.jobs == 1 or args.rebuild:  # --rebuild: one process, which rebuilds each stage once
             return None
         return [sys.executable, "-m", "benchmarks.nano", "--size", args.size, "--variant", name, "--cache", str(cache),
-                "--threads", str(args.threads), "--baseline-only",
+                "--threads", str(args.threads), "--second-lane",
                 *(["--subject-weight", str(args.subject_weight)] if args.subject_weight is not None else [])]
 
     summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress,
-                                   helper(name)) for name in names}
+                                   second_lane_command(name)) for name in names}
     ablation.write_ablation(report_dir)
     log(f"ablation: {report_dir / 'ablation.md'}")
     for name, summary in summaries.items():

@@ -18,14 +18,14 @@ def write_report(folder, size, cases, results, facts, cache, drawable, recolour=
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = facts.get("stage_seconds", {})
-    parallel = facts.get("parallel_adapters", False)
-    minutes = build_minutes(seconds, parallel) if seconds else None
+    jobs = facts.get("jobs", 1)
+    minutes = build_minutes(seconds, jobs) if seconds else None
     first = summarize(results)
     first["targets"] = targets(first, minutes)
     first["mrank"] = ranks(first)
     summary = summarize_claim(rescore(results, cases, drawable), results)
     cpu = facts.get("stage_cpu_seconds", {})
-    cpu_minutes = build_minutes(cpu, parallel) if cpu and all(v is not None for v in cpu.values()) else None
+    cpu_minutes = build_minutes(cpu, jobs) if cpu and all(v is not None for v in cpu.values()) else None
     summary.update(targets=claim_targets(summary, minutes, cpu_minutes), mrank=ranks(summary), drawable=drawable,
                    counted=sorted(scoring.counted(drawable)), first_evaluator=first, facts=facts)
     if recolour is not None:
@@ -216,12 +216,13 @@ def markdown(summary, size, cases, facts, seconds, minutes):
                          f"alpha {training['alpha']:.3f}, beta {training['beta']:.3f}.")
     lines.append("- Stage build times (minutes): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items())
                  + (f"; total {minutes:.1f}." if minutes is not None else "."))
-    cpu, parallel = facts.get("stage_cpu_seconds", {}), facts.get("parallel_adapters", False)
+    cpu, jobs = facts.get("stage_cpu_seconds", {}), facts.get("jobs", 1)
     if cpu and all(v is not None for v in cpu.values()):
         lines.append("- The same stages' CPU time (one torch thread: about their time on a quiet core, however busy "
                      "the machine was): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in cpu.items())
-                     + f"; the build's length from them {build_minutes(cpu, parallel):.1f} min"
-                     + (" (FlexIP and the baseline side by side)." if parallel else "."))
+                     + f"; the build's length from them {build_minutes(cpu, jobs):.1f} min"
+                     + (" (two lanes: the encoders beside the base, the baseline beside FlexIP, the recolour "
+                        "sweeps beside the scene sweeps)." if jobs == 2 else "."))
     lines.append(f"- This invocation took {facts['wall_time'] / 60:.1f} min (cached stages are not rebuilt).")
     return "\n".join(lines) + "\n"
 

@@ -210,10 +210,22 @@ def claim_targets(claim, minutes, cpu_minutes=None):
     return {k: {"target": t, "values": [_round(v) for v in values], "met": bool(met)} for k, (t, values, met) in rows.items()}
 
 
-def build_minutes(seconds, parallel):
-    """A build's length from its stages' times: one after the other, except that FlexIP and its
-    baseline train side by side when `parallel` (--jobs 2 on two cores)."""
-    adapters = [v for k, v in seconds.items() if k.startswith(("flexip-", "baseline-"))]
-    rest = sum(v for k, v in seconds.items() if not k.startswith(("flexip-", "baseline-")))
-    return (rest + (max(adapters, default=0) if parallel else sum(adapters))) / 60
+# What --jobs 2 builds side by side (__main__.build()), step by step: (the first lane's stages, the second's).
+# A name ending in "-" stands for every variant's stage of that kind.
+SIDE_BY_SIDE = ((("data", "base"), ("encoders",)), (("flexip-",), ("baseline-",)), (("evaluation-",), ("recolour-",)))
 
+
+def build_minutes(seconds, jobs):
+    """A build's length from its stages' times: one after the other with one job; with two, each step
+    of SIDE_BY_SIDE takes as long as its longer lane, and the other stages add up."""
+    def matches(name, patterns):
+        return any(name == p or (p.endswith("-") and name.startswith(p)) for p in patterns)
+
+    if jobs == 1:
+        return sum(seconds.values()) / 60
+    total, placed = 0.0, set()
+    for lanes in SIDE_BY_SIDE:
+        lane_names = [[name for name in seconds if matches(name, patterns)] for patterns in lanes]
+        placed.update(name for names in lane_names for name in names)
+        total += max(sum(seconds[name] for name in names) for names in lane_names)
+    return (total + sum(v for name, v in seconds.items() if name not in placed)) / 60

@@ -43,7 +43,7 @@ def test_report_on_rendered_sweeps(tmp_path):
     facts = {"size": {}, "variant": {"name": "paper", "description": "the paper's"}, "encoder_knowledge": {n: {a: 1.0 for a in scoring.ATTRIBUTES} for n in ("clip", "dino")},
              "stage_seconds": {"base": 60.0, "flexip-paper": 30.0, "baseline-scene": 20.0},
              "stage_cpu_seconds": {"base": 54.0, "flexip-paper": 30.0, "baseline-scene": 18.0},
-             "parallel_adapters": True, "wall_time": 60.0}
+             "jobs": 2, "wall_time": 60.0}
     drawable = {a: 1.0 for a in scoring.ATTRIBUTES}
     # recolour cases: FlexIP draws the asked colour at gamma 0 and 0.5 and the reference's at gamma 1; the
     # baseline always the reference's; the base the asked colour with another mark
@@ -74,7 +74,7 @@ def test_report_on_rendered_sweeps(tmp_path):
     text = (folder / "report.md").read_text()
     assert "The first evaluator's numbers" in text and "± 0.000" in text
     assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
-    assert "the build's length from them 1.4 min (FlexIP and the baseline side by side)" in text
+    assert "the build's length from them 1.4 min (two lanes: the encoders beside the base, the baseline beside" in text
     r = summary["recolour"]
     assert r[FLEXIP]["identity"] == pytest.approx([1.0, 1.0, 1.0])  # pattern and mark, the same in both colours
     assert r[FLEXIP]["prompt"] == pytest.approx([1.0, 1.0, 0.8])

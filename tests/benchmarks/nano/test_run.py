@@ -49,6 +49,11 @@ def test_ci_run_builds_everything_and_writes_the_report(ci_run):
     assert (cache / f"flexip-{summary['facts']['variant']['name']}" / "flexip.safetensors").is_file()
     training = summary["facts"]["flexip_training"]
     assert training["steps"] == summary["facts"]["size"]["adapters"]["steps"] and training["variant_samples"] > 0
+    # --jobs 2 (the default): the second lane built the encoders while this one built the base
+    stamps = {name: json.loads((cache / name / "stamp.json").read_text()) for name in ("encoders", "base")}
+    assert summary["facts"]["jobs"] == 2
+    assert stamps["encoders"]["started"] < stamps["base"]["started"] + stamps["base"]["seconds"]
+    assert stamps["base"]["started"] < stamps["encoders"]["started"] + stamps["encoders"]["seconds"]
     print(f"CI-sized nano run: {seconds / 60:.1f} min; stages {summary['facts']['stage_seconds']}")
 
 

@@ -27,8 +27,10 @@ def test_reversals_beyond_one_standard_error():
     assert _reversals([0.0, 0.5, 1.0], rising, sign=-1)[0][:2] == [0.0, 0.5]
 
 
-def test_build_minutes_counts_the_adapters_side_by_side_when_parallel():
+def test_build_minutes_counts_the_two_lanes_side_by_side():
     seconds = {"data": 6, "encoders": 114, "base": 1068, "flexip-paper": 708, "baseline-scene": 684,
-               "evaluation-paper": 222, "drawability": 18}
-    assert build_minutes(seconds, parallel=False) == pytest.approx(2820 / 60)
-    assert build_minutes(seconds, parallel=True) == pytest.approx((2820 - 684) / 60)
+               "evaluation-paper": 222, "recolour-paper": 230, "drawability": 18}
+    assert build_minutes(seconds, jobs=1) == pytest.approx(3050 / 60)
+    # data + base beside encoders, FlexIP beside the baseline, the scene sweeps beside the recolour ones
+    assert build_minutes(seconds, jobs=2) == pytest.approx((6 + 1068 + 708 + 230 + 18) / 60)
+    assert build_minutes({"data": 6, "encoders": 114, "base": 90}, jobs=2) == pytest.approx(114 / 60)
