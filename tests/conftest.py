@@ -6,8 +6,7 @@ runs the suite once per host and sets FLEXIP_HOSTS_IN_RUN to all the hosts of th
 - tests that need no ComfyUI (tests/flexip_core and tests/scripts without the `comfy` fixture) run
   on the run's first host only;
 - each of ONE_HOST's files runs on its host if that host is in the run, else on the run's first host.
-With FLEXIP_LANE set (scripts/test.sh's two lanes, below), a session runs only its lane's tests.
-Without FLEXIP_HOSTS_IN_RUN and FLEXIP_LANE (a plain pytest call) every collected test runs.
+Without FLEXIP_HOSTS_IN_RUN (a plain pytest call) every collected test runs.
 A failure names its host: in its report and in the summary at the end.
 """
 import os
@@ -27,11 +26,6 @@ PURE_FOLDERS = ("tests/flexip_core/", "tests/scripts/")
 # on one host, the newer, to keep CI under 45 min (docs/compatibility.md gives the budget).
 NEWER_HOST = "0.33.0"
 ONE_HOST = {"tests/flexip_train/test_train_sd15.py": NEWER_HOST, "tests/benchmarks/nano/test_run.py": NEWER_HOST}
-# scripts/test.sh, running the whole suite, runs two lanes side by side (FLEXIP_LANE): the side lane takes
-# the tests that start no ComfyUI server and need little memory (those that need no ComfyUI, and the
-# miniature's CI run: one CPU core each), the main lane everything else, one server at a time.
-LANE = os.environ.get("FLEXIP_LANE") or None  # "main", "side", or unset (or empty): both
-SIDE_LANE_FILES = ("tests/benchmarks/nano/test_run.py",)
 
 
 def host_label():
@@ -92,8 +86,7 @@ def miniature_subprocesses_on_this_host(request):
 
 
 def pytest_report_header(config):
-    return [f"FlexIP test {host_label()}" + (f"; hosts in this run: {' '.join(HOSTS_IN_RUN)}" if HOSTS_IN_RUN else "")
-            + (f"; {LANE} lane" if LANE else "")]
+    return [f"FlexIP test {host_label()}" + (f"; hosts in this run: {' '.join(HOSTS_IN_RUN)}" if HOSTS_IN_RUN else "")]
 
 
 def needs_comfyui(item):
@@ -101,15 +94,9 @@ def needs_comfyui(item):
     return "comfy" in getattr(item, "fixturenames", ()) or not path.startswith(PURE_FOLDERS)
 
 
-def in_side_lane(item):
-    return Path(item.fspath).resolve().relative_to(REPO).as_posix() in SIDE_LANE_FILES or not needs_comfyui(item)
-
-
 def runs_here(item):
     this = host.SELECTED.name
     path = Path(item.fspath).resolve().relative_to(REPO).as_posix()
-    if LANE and (LANE == "side") != in_side_lane(item):
-        return False
     if not HOSTS_IN_RUN:
         return True
     first = HOSTS_IN_RUN[0]
@@ -119,8 +106,6 @@ def runs_here(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    if LANE not in (None, "main", "side"):
-        raise pytest.UsageError(f"FLEXIP_LANE={LANE}: say main or side, or leave it unset for both")
     if HOSTS_IN_RUN and host.SELECTED.name not in HOSTS_IN_RUN:
         raise pytest.UsageError(f"FLEXIP_HOST={host.SELECTED.name} is not in FLEXIP_HOSTS_IN_RUN={HOSTS_IN_RUN}")
     other_host = [item for item in items if not runs_here(item)]
