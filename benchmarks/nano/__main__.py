@@ -209,10 +209,11 @@ def trained_adapters(size, variant, stages, facts, base_path, encoders_path, pro
     from .train import Variant, nano_config, train_adapters
 
     encoders = nano_encoders.load_encoders(encoders_path)
-    facts["encoder_knowledge"] = nano_encoders.attribute_knowledge(encoders)
-    for name, known in facts["encoder_knowledge"].items() if not in_second_lane else ():
-        log(f"encoders: {name} stand-in, nearest-neighbour attribute accuracy (held-out subjects): "
-            + ", ".join(f"{a} {v:.0%}" for a, v in known.items()))
+    if not in_second_lane:  # the report's table; the second lane writes no report
+        facts["encoder_knowledge"] = nano_encoders.attribute_knowledge(encoders)
+        for name, known in facts["encoder_knowledge"].items():
+            log(f"encoders: {name} stand-in, nearest-neighbour attribute accuracy (held-out subjects): "
+                + ", ".join(f"{a} {v:.0%}" for a, v in known.items()))
     patcher, text = nano_base.load_base(base_path)
     config = nano_config(patcher.model.diffusion_model)
     register_config(config)  # the pack's weight loader then accepts the files the Trainer exports for it
