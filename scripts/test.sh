@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # All tests, on every test host: build each host if needed (scripts/host.py: venv, ComfyUI, Chromium),
 # then pytest in it. Every test that needs ComfyUI runs on each host; tests that need none run on the
-# first host only, and the two heaviest (full-shape SD1.5 training, the miniature's CI run) on 0.33.0 only
-# (tests/conftest.py: ONE_HOST, to keep CI under 45 min).
+# first host only, and the two heaviest (full-shape SD1.5 training, the miniature's CI run) and the browser
+# tests with the newest frontend on 0.33.0 only (tests/conftest.py: ONE_HOST, to keep CI under 45 min).
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/nodes -k gamma
 # One host only: FLEXIP_HOSTS=0.33.0 scripts/test.sh tests/nodes
 #

@@ -5,7 +5,9 @@ this session runs on (default 0.3.75), and the session must run in that host's v
 runs the suite once per host and sets FLEXIP_HOSTS_IN_RUN to all the hosts of the run; then:
 - tests that need no ComfyUI (tests/flexip_core and tests/scripts without the `comfy` fixture) run
   on the run's first host only;
-- each of ONE_HOST's files runs on its host if that host is in the run, else on the run's first host.
+- each of ONE_HOST's files runs on its host if that host is in the run, else on the run's first host;
+- the browser tests with the newest frontend (host.NEWEST_FRONTEND; each host's own frontend runs on
+  that host) run on the newer host likewise.
 Without FLEXIP_HOSTS_IN_RUN (a plain pytest call) every collected test runs.
 A failure names its host: in its report and in the summary at the end.
 """
@@ -26,6 +28,9 @@ PURE_FOLDERS = ("tests/flexip_core/", "tests/scripts/")
 # on one host, the newer, to keep CI under 45 min (docs/compatibility.md gives the budget).
 NEWER_HOST = "0.33.0"
 ONE_HOST = {"tests/flexip_train/test_train_sd15.py": NEWER_HOST, "tests/benchmarks/nano/test_run.py": NEWER_HOST}
+# The same newest frontend on both servers is the costliest repeat left (a server restart and half of the
+# browser tests per host): it runs against the newer server, where users install it.
+NEWEST_FRONTEND_HOST = NEWER_HOST
 
 
 def host_label():
@@ -102,6 +107,8 @@ def runs_here(item):
     first = HOSTS_IN_RUN[0]
     if path in ONE_HOST:
         return this == (ONE_HOST[path] if ONE_HOST[path] in HOSTS_IN_RUN else first)
+    if getattr(item, "callspec", None) is not None and item.callspec.params.get("frontend_version") == host.NEWEST_FRONTEND:
+        return this == (NEWEST_FRONTEND_HOST if NEWEST_FRONTEND_HOST in HOSTS_IN_RUN else first)
     return this == first or needs_comfyui(item)
 
 
