@@ -11,6 +11,7 @@ from comfy.patcher_extension import WrappersMP
 from ..flexip_core.patch import GatedAttention, stack_patches, unet_mismatch
 from ..flexip_core.projections import layer_name
 from ..flexip_core.schedule import SigmaFractions, SigmaSchedule
+from ..flexip_core.slider import MappedSchedule, blend_weight
 from .errors import FlexIPInputError
 from .schedule import sweep_batch_error
 
@@ -105,8 +106,12 @@ class GatedApply:
             sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
         if sweep is not None:
             gamma = torch.tensor(sweep)  # [N]: GatedAttention gives row i of every CFG chunk gamma i
+        # The weight file's slider map (flexip_core.slider): the slider's gamma -> the branches' blend weight.
+        gamma = blend_weight(gamma, flexip.slider_exponent)
         if schedule is not None:  # one for all layers: the sigma table is built once
             schedule = SigmaSchedule(schedule, SigmaFractions(sampling.percent_to_sigma))
+            if flexip.slider_exponent != 1.0:
+                schedule = MappedSchedule(schedule, flexip.slider_exponent)
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
         flexip_patches = dict(patched.model_options.get("transformer_options", {}).get(FLEXIP_PATCHES, {}))
         device = flexip.load()  # the projections run where ComfyUI's model management put the module

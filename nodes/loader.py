@@ -3,7 +3,8 @@ import os
 
 import folder_paths
 
-from ..flexip_core.weights import FlexIPWeightError, load_flexip
+from ..flexip_core.slider import slider_exponent
+from ..flexip_core.weights import FlexIPWeightError, load_flexip, read_flexip_header
 from .errors import FlexIPInputError
 from .managed import ManagedFlexIP
 
@@ -48,6 +49,11 @@ class FlexIPLoader:
         # and a module held here would survive "Unload models" / POST /free.
         path = folder_paths.get_full_path_or_raise(FOLDER, flexip_name)
         try:
-            return (ManagedFlexIP(load_flexip(path)),)
+            module = load_flexip(path)
+            exponent = slider_exponent(read_flexip_header(path)[1], os.path.basename(path))
         except FlexIPWeightError as e:
             raise FlexIPInputError("FlexIPLoader", "flexip_name", str(e), "choose a FlexIP weight file.") from e
+        except ValueError as e:  # the slider map's metadata
+            raise FlexIPInputError("FlexIPLoader", "flexip_name", str(e),
+                                   "re-export the file with this pack, or choose another FlexIP weight file.") from e
+        return (ManagedFlexIP(module, exponent),)

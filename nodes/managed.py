@@ -10,10 +10,12 @@ import comfy.model_patcher
 
 
 class ManagedFlexIP:
-    def __init__(self, module):
-        """module: a FlexIP (flexip_core.FlexIP) in eval mode, on the offload device."""
+    def __init__(self, module, slider_exponent=1.0):
+        """module: a FlexIP (flexip_core.FlexIP) in eval mode, on the offload device. slider_exponent:
+        the slider map its weight file stores (flexip_core.slider; 1: the paper's, gamma itself)."""
         self.module = module
         self.config = module.config
+        self.slider_exponent = slider_exponent
         self.patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())

@@ -33,6 +33,10 @@ HERE = Path(__file__).resolve().parent
 # The variant built when none is named, chosen by measurement (benchmarks/README.md, issue 15): it met the
 # most of the method's targets. Here, not in train.py, so that choosing it changes no stage's code.
 DEFAULT_VARIANT = "subject"
+# The slider map FlexIP is swept through (flexip_core.slider): "paper" (blend weight = gamma) or
+# "calibrated" (gamma^k, k fitted on training subjects: calibrate.py).
+SLIDERS = ("paper", "calibrated")
+DEFAULT_SLIDER = "paper"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +56,18 @@ class Size:
     gammas: tuple               # FlexIP's control values; the baseline's strengths are the same numbers
     sampling: Sampling
     recolour: bool              # also sweep the recolour cases (recolour.py: prompts that contradict the reference)
+    calibration_subjects: int   # training subjects the calibrated slider is fitted on (calibrate.py)
 
 
 SIZES = {
     "full": Size("full", views_per_subject=6, pairs_per_view=2, encoder_steps=400, encoder_subjects=64,
                  base_steps=3000, base_batch=32, adapters=Budget(steps=2000, batch=32), baseline=True,
                  eval_subjects=48, cases_per_subject=1, seeds=(0, 1, 2), gammas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                 sampling=Sampling(steps=15, cfg=3.0), recolour=True),
+                 sampling=Sampling(steps=15, cfg=3.0), recolour=True, calibration_subjects=48),
     "ci": Size("ci", views_per_subject=4, pairs_per_view=2, encoder_steps=100, encoder_subjects=64,
                base_steps=900, base_batch=16, adapters=Budget(steps=500, batch=16), baseline=False,
                eval_subjects=24, cases_per_subject=1, seeds=(0, 1), gammas=(0.0, 1 / 3, 2 / 3, 1.0),
-               sampling=Sampling(steps=10, cfg=3.0), recolour=False),
+               sampling=Sampling(steps=10, cfg=3.0), recolour=False, calibration_subjects=8),
 }
 
 
@@ -240,38 +245,97 @@ def trained_adapters(size, variant, stages, facts, base_path, encoders_path, pro
     return base, trained.get("flexip"), trained.get("baseline"), stages, facts
 
 
-def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True, in_second_lane=False):
+def evaluate(size, variant, base, flexip, baseline, stages, facts, progress=True, in_second_lane=False,
+             slider="paper"):
     """The sweeps of the scene cases and, where the size has them, of the recolour cases (recolour.py):
     -> (cases, results, recolour (cases, results) or None). in_second_lane: the recolour sweeps only, beside
-    the first lane's scene sweeps (build())."""
+    the first lane's scene sweeps (build()). slider "calibrated": FlexIP through the calibrated slider
+    (slider_map()), in stages of their own."""
     from . import world
     from .recolour import recolour_cases
 
     _, held_out = world.split()
     cases = world.evaluation_cases(held_out[:size.eval_subjects], size.cases_per_subject)
     adapters = list(facts["stages"])
+    exponent, suffix, extra = 1.0, "", []
+    if slider == "calibrated":
+        exponent = slider_map(size, variant, base, flexip, stages, facts, progress, in_second_lane)
+        suffix, extra, adapters = "-calibrated", ["calibrate"], adapters + [f"slider-{variant.name}"]
     results = None
     if not in_second_lane:
-        results = sweeps(f"evaluation-{variant.name}", cases, ["world", "evaluate", "baseline"], adapters,
-                         size, variant, base, flexip, baseline, stages, facts, progress)
+        results = sweeps(f"evaluation-{variant.name}{suffix}", cases, ["world", "evaluate", "baseline", *extra],
+                         adapters, size, variant, base, flexip, baseline, stages, facts, progress, exponent)
     recolour = None
     if size.recolour:
         edited = recolour_cases(cases)
-        recolour = edited, sweeps(f"recolour-{variant.name}", edited, ["world", "evaluate", "baseline", "recolour"],
-                                  adapters, size, variant, base, flexip, baseline, stages, facts, progress)
+        recolour = edited, sweeps(f"recolour-{variant.name}{suffix}", edited,
+                                  ["world", "evaluate", "baseline", "recolour", *extra], adapters, size, variant, base,
+                                  flexip, baseline, stages, facts, progress, exponent)
     return cases, results, recolour
 
 
-def sweeps(stage, cases, modules, after, size, variant, base, flexip, baseline, stages, facts, progress):
-    """FlexIP's (and the baseline's) sweeps over cases, cached as results.npz beside their stamp."""
+def slider_map(size, variant, base, flexip, stages, facts, progress, in_second_lane):
+    """The calibrated slider's exponent (calibrate.py): the calibration sweep of each case set (the second lane
+    takes the recolour set first, so the two build side by side), then the fit, which writes FlexIP's weight
+    file with the exponent in its metadata. The exponent is read back from that file as the loader node
+    reads it."""
+    from flexip_core.slider import save_with_slider_exponent, slider_exponent
+    from flexip_core.weights import read_flexip_header
+
+    from . import calibrate
+
+    kinds = ["scene", "recolour"] if size.recolour else ["scene"]
+    curves, calibrations = {}, []
+    for kind in (kinds[::-1] if in_second_lane else kinds):
+        stage = f"calibration-{kind}-{variant.name}"
+        calibrations.append(stage)
+        path = stages.folder(stage) / "identity.npz"
+        settings = [size.calibration_subjects, list(calibrate.BLEND_WEIGHTS), calibrate.SEED, calibrate.CASE_SEED,
+                    calibrate.SUBJECT_STRIDE, dataclasses.asdict(size.sampling), variant.references]
+        if not stages.current(stage, settings, ["world", "evaluate", "scoring", "recolour", "calibrate"],
+                              [f"flexip-{variant.name}"]):
+            log(f"{stage}: FlexIP at fixed blend weights on {size.calibration_subjects} training subjects' {kind} cases")
+            mean, per_case = calibrate.identity_curve(
+                base, flexip, calibrate.calibration_cases(size.calibration_subjects, kind), variant.references,
+                size.sampling, progress)
+            np.savez(path, mean=mean, per_case=per_case)
+            stages.done()
+        curves[kind] = np.load(path)["mean"]
+    stage = f"slider-{variant.name}"
+    weights = stages.folder(stage) / "flexip.safetensors"
+    if not stages.current(stage, [list(calibrate.EXPONENTS), list(size.gammas)], ["calibrate"],
+                          [f"flexip-{variant.name}", *sorted(calibrations)]):
+        exponent, worst = calibrate.fit_exponent(calibrate.BLEND_WEIGHTS, curves, size.gammas)
+        save_with_slider_exponent(stages.folder(f"flexip-{variant.name}") / "flexip.safetensors", weights, exponent)
+        (stages.folder(stage) / "calibration.json").write_text(json.dumps(
+            {"exponent": exponent, "worst_jump": {str(k): v for k, v in worst.items()},
+             "blend_weights": list(calibrate.BLEND_WEIGHTS), "identity": {k: v.tolist() for k, v in curves.items()}},
+            indent=1))
+        stages.done()
+    exponent = slider_exponent(read_flexip_header(weights)[1])
+    facts["stages"] += [*calibrations, stage]
+    facts["slider"] = {"map": "calibrated", **json.loads((stages.folder(stage) / "calibration.json").read_text())}
+    log(f"{stage}: blend weight = gamma^{exponent:g}, written to {weights}")
+    return exponent
+
+
+def sweeps(stage, cases, modules, after, size, variant, base, flexip, baseline, stages, facts, progress, exponent=1.0):
+    """FlexIP's (and the baseline's) sweeps over cases, cached as results.npz beside their stamp. exponent:
+    FlexIP's slider map (flexip_core.slider); 1 is the paper's."""
     from .baseline import baseline_method
     from .evaluate import flexip_method, run_sweeps
 
     path = stages.folder(stage) / "results.npz"
     settings = [size.eval_subjects, size.cases_per_subject, list(size.seeds), list(size.gammas),
                 dataclasses.asdict(size.sampling), variant.references]
+    if exponent != 1.0:
+        settings.append(exponent)
     if not stages.current(stage, settings, modules, after):
-        methods = [flexip_method(flexip, size.gammas, variant.references)]
+        if exponent != 1.0:
+            from .calibrate import calibrated_method
+            methods = [calibrated_method(flexip, size.gammas, variant.references, exponent)]
+        else:
+            methods = [flexip_method(flexip, size.gammas, variant.references)]
         if baseline is not None:
             methods.append(baseline_method(baseline, size.gammas, variant.references))
         results = run_sweeps(base, methods, cases, size.seeds, size.sampling, progress=progress)
@@ -301,9 +365,10 @@ def drawability(size, base, cases, stages):
     return json.loads(path.read_text())
 
 
-def run_variant(size, cache, variant, report_dir, rebuild, progress, second_lane=None):
+def run_variant(size, cache, variant, report_dir, rebuild, progress, second_lane=None, slider="paper"):
     """Builds the variant and writes its report. second_lane: the command line of --jobs 2's second
-    process (build()), started once this one holds the base; a failure there fails the run."""
+    process (build()), started once this one holds the base; a failure there fails the run. slider: FlexIP's
+    slider map (evaluate())."""
     from . import report
     start = time.time()
     second = []
@@ -311,8 +376,14 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, second_lane
         base, flexip, baseline, stages, facts = build(
             size, cache, variant, rebuild, progress,
             base_held=(lambda: second.append(subprocess.Popen(second_lane))) if second_lane else None)
-        cases, results, recolour = evaluate(size, variant, base, flexip, baseline, stages, facts, progress)
+        cases, results, recolour = evaluate(size, variant, base, flexip, baseline, stages, facts, progress,
+                                            slider=slider)
         drawable = drawability(size, base, cases, stages)
+        if slider == "calibrated":  # the report's and the ablation's name for it
+            recipe = facts["variant"]
+            facts["variant"] = {**recipe, "name": f"{recipe['name']}-calibrated", "description": (
+                f"{recipe['description'] or recipe['name']}; with the calibrated slider, blend weight = "
+                f"gamma^{facts['slider']['exponent']:g} (calibrate.py)")}
     except BaseException:
         for process in second:
             process.kill()
@@ -333,12 +404,13 @@ def run_variant(size, cache, variant, report_dir, rebuild, progress, second_lane
     return summary
 
 
-def second_lane(size, cache, variant):
-    """--jobs 2's second process (build()): the encoders, the baseline and the recolour sweeps. Without
-    progress bars, which would write over the first lane's; its log lines say what it builds."""
+def second_lane(size, cache, variant, slider="paper"):
+    """--jobs 2's second process (build()): the encoders, the baseline and the recolour sweeps (and, for the
+    calibrated slider, the recolour cases' calibration). Without progress bars, which would write over the
+    first lane's; its log lines say what it builds."""
     built = build(size, cache, variant, progress=False, in_second_lane=True)
     if built is not None and size.recolour:
-        evaluate(size, variant, *built, progress=False, in_second_lane=True)
+        evaluate(size, variant, *built, progress=False, in_second_lane=True, slider=slider)
 
 
 def main(argv=None):
@@ -359,6 +431,10 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes (default 2: a second "
                         "process, one torch thread each, builds the encoders beside the base, the baseline beside "
                         "FlexIP and the recolour sweeps beside the scene sweeps; 1: one after the other)")
+    parser.add_argument("--slider", choices=SLIDERS, default=DEFAULT_SLIDER, help="FlexIP's slider map (flexip_core."
+                        "slider): paper, blend weight = gamma; calibrated, gamma^k with k fitted after training on "
+                        "training subjects (benchmarks/nano/calibrate.py); its reports go to <report>/<variant>-"
+                        f"calibrated (default: {DEFAULT_SLIDER})")
     parser.add_argument("--second-lane", action="store_true", help="be that second process (--jobs 2 starts it)")
     parser.add_argument("--subject-weight", type=float, help="the adapters' loss weight of the subject's pixels "
                         "against the background's 1 (default: the size's, "
@@ -378,18 +454,20 @@ def main(argv=None):
     sys.path.insert(0, str(REPO))
     if args.second_lane:
         for name in names:
-            second_lane(size, cache, VARIANTS[name])
+            second_lane(size, cache, VARIANTS[name], args.slider)
         return {}
 
     def second_lane_command(name):  # the same run's second lane
         if args.jobs == 1 or args.rebuild:  # --rebuild: one process, which rebuilds each stage once
             return None
         return [sys.executable, "-m", "benchmarks.nano", "--size", args.size, "--variant", name, "--cache", str(cache),
-                "--threads", str(args.threads), "--second-lane",
+                "--threads", str(args.threads), "--slider", args.slider, "--second-lane",
                 *(["--subject-weight", str(args.subject_weight)] if args.subject_weight is not None else [])]
 
-    summaries = {name: run_variant(size, cache, VARIANTS[name], report_dir / name, args.rebuild, not args.no_progress,
-                                   second_lane_command(name)) for name in names}
+    suffix = "-calibrated" if args.slider == "calibrated" else ""
+    summaries = {name + suffix: run_variant(size, cache, VARIANTS[name], report_dir / (name + suffix), args.rebuild,
+                                            not args.no_progress, second_lane_command(name), args.slider)
+                 for name in names}
     ablation.write_ablation(report_dir)
     log(f"ablation: {report_dir / 'ablation.md'}")
     for name, summary in summaries.items():

@@ -115,6 +115,13 @@ def markdown(summary, size, cases, facts, seconds, minutes):
     lines = [f"# FlexIP in miniature: report ({size.name} run, variant {facts['variant']['name']})", "",
              f"Variant: {facts['variant']['description'] or facts['variant']['name']} "
              f"(`{json.dumps(facts['variant'])}`).", ""]
+    if "slider" in facts:  # the calibrated slider (calibrate.py)
+        slider = facts["slider"]
+        lines += [f"Slider: calibrated, FlexIP's branches blended by gamma^{slider['exponent']:g} "
+                  "(flexip_core.slider), k fitted on training subjects' scene and recolour cases at the blend weights "
+                  f"{', '.join(f'{w:g}' for w in slider['blend_weights'])}. The worse case set's largest/mean identity "
+                  "jump at each candidate k: " + ", ".join(f"{float(k):g}: {_f(v, 2)}" for k, v in slider["worst_jump"].items())
+                  + ".", ""]
     lines += [f"Held-out subjects only: {len({c.subject for c in cases})} subjects never seen in training, "
               f"{len(cases)} cases (reference in one scene, a prompt that names the shape and asks for a scene "
               f"different in background, position and size), sampling seeds {list(size.seeds)}, ComfyUI's KSampler "

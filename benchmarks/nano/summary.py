@@ -212,7 +212,8 @@ def claim_targets(claim, minutes, cpu_minutes=None):
 
 # What --jobs 2 builds side by side (__main__.build()), step by step: (the first lane's stages, the second's).
 # A name ending in "-" stands for every variant's stage of that kind.
-SIDE_BY_SIDE = ((("data", "base"), ("encoders",)), (("flexip-",), ("baseline-",)), (("evaluation-",), ("recolour-",)))
+SIDE_BY_SIDE = ((("data", "base"), ("encoders",)), (("flexip-",), ("baseline-",)),
+                (("calibration-scene-",), ("calibration-recolour-",)), (("evaluation-",), ("recolour-",)))
 
 
 def build_minutes(seconds, jobs):

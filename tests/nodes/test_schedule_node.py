@@ -214,3 +214,51 @@ def test_bad_schedule_values_are_refused(pack):
         schedule().make(**{**good, "output_blocks": 1.5}, curve="linear")
     with pytest.raises(pack.nodes.errors.FlexIPInputError, match="input 'curve': 'sigmoid' is not a curve"):
         schedule().make(**good, curve="sigmoid")
+
+
+def test_the_weight_files_slider_map_applies_to_the_slider_the_sweep_and_the_schedule(
+        pack, sd15_model, flexip, tmp_path, monkeypatch):
+    """A file calibrated with exponent 1.5 (flexip_core.slider), loaded by FlexIPLoader: the branches are
+    blended by gamma^1.5, whichever of the three gives gamma."""
+    import folder_paths
+
+    from flexip_core.slider import save_with_slider_exponent
+
+    save_with_slider_exponent(random_models.flexip_sd15(), tmp_path / "calibrated.safetensors", 1.5)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flexip", ([str(tmp_path)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    (calibrated,) = pack.nodes.loader.FlexIPLoader().load("calibrated.safetensors")
+    assert calibrated.slider_exponent == 1.5
+    model, _ = sd15_model
+    sampling = model.get_model_object("model_sampling")
+    toks = tokens(77)
+    key = ("input", 1, 0)
+
+    slider = Layer(model, calibrated, gated_apply(pack, model, calibrated, toks, gamma=0.3), key, 1, (UNCOND, COND), *toks)
+    assert_formula_and_not(slider(5.0), slider.formula([0.3 ** 1.5], 0.7), {"the paper's map": slider.formula([0.3], 0.7)})
+
+    (sweep,) = pack.nodes.schedule.FlexIPGammaSweep().make(SWEEP)
+    swept = Layer(model, calibrated, gated_apply(pack, model, calibrated, toks, sweep=sweep), key, 3, (COND, UNCOND), *toks)
+    assert_formula_and_not(swept(5.0), swept.formula([g ** 1.5 for g in sweep], 0.7),
+                           {"the paper's map": swept.formula(sweep, 0.7)})
+
+    scheduled = Layer(model, calibrated, gated_apply(pack, model, calibrated, toks, schedule=make_schedule(pack)),
+                      key, 1, (UNCOND, COND), *toks)
+    out = scheduled(sampling.percent_to_sigma(0.2))
+    assert_formula_and_not(out, scheduled.formula([schedule_gamma(0.2, "input") ** 1.5], 0.7),
+                           {"the paper's map": scheduled.formula([schedule_gamma(0.2, "input")], 0.7)})
+
+
+@pytest.mark.parametrize("stored", ["nan", "9"])
+def test_a_damaged_slider_exponent_names_the_loader_input_and_fix(pack, tmp_path, monkeypatch, stored):
+    import folder_paths
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(random_models.flexip_sd15(), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(tensors, tmp_path / "damaged.safetensors", {**metadata, "slider_exponent": stored})
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "flexip", ([str(tmp_path)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    with pytest.raises(Exception, match=r"(?s)FlexIPLoader.*flexip_name.*slider_exponent.*0\.25 to 4\.0.*re-export"):
+        pack.nodes.loader.FlexIPLoader().load("damaged.safetensors")

@@ -70,3 +70,39 @@ def test_gamma_moves_identity_up_and_the_prompt_down(ci_run):
     assert curve["jump_identity"] < MAX_JUMP, report
     assert flexip["prompt"][0] >= flexip["prompt"][-1] + MIN_PROMPT_DROP, report
     assert flexip["prompt"][0] >= base["prompt"][0] - MAX_PROMPT_LOSS, report
+
+
+def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
+    """`--slider calibrated` on the same cache: nothing is retrained; the calibration stage fits k on training
+    subjects and writes it into a copy of FlexIP's weight file, which the sweeps read as the loader node does.
+    The slider's ends do not move (0^k = 0, 1^k = 1), so with the same noise the calibrated sweep's pictures at
+    gamma 0 and 1 are the paper's map's, exactly."""
+    import numpy as np
+
+    from benchmarks.nano import calibrate
+    from flexip_core.slider import slider_exponent
+    from flexip_core.weights import read_flexip_header
+
+    cache, summary, _ = ci_run
+    name = summary["facts"]["variant"]["name"]
+    trained = (cache / f"flexip-{name}" / "stamp.json").read_text()
+    done = subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", "ci", "--cache", str(cache),
+                           "--slider", "calibrated", "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (cache / f"flexip-{name}" / "stamp.json").read_text() == trained  # not retrained
+
+    fitted = json.loads((cache / f"slider-{name}" / "calibration.json").read_text())
+    exponent = slider_exponent(read_flexip_header(cache / f"slider-{name}" / "flexip.safetensors")[1])
+    assert exponent == fitted["exponent"] and fitted["exponent"] in calibrate.EXPONENTS
+    assert fitted["worst_jump"][str(fitted["exponent"])] == min(
+        v for v in fitted["worst_jump"].values() if v == v)  # NaN (a flat curve) never wins
+    calibrated = json.loads((cache / "report" / f"{name}-calibrated" / "summary.json").read_text())
+    assert calibrated["facts"]["slider"]["exponent"] == exponent
+    assert "Slider: calibrated" in (cache / "report" / f"{name}-calibrated" / "report.md").read_text()
+
+    paper = np.load(cache / f"evaluation-{name}" / "results.npz")
+    mapped = np.load(cache / f"evaluation-{name}-calibrated" / "results.npz")
+    for end in (0, -1):
+        assert np.array_equal(mapped["FlexIP/pictures"][:, end], paper["FlexIP/pictures"][:, end])
+    print(f"CI-sized calibration: blend weight = gamma^{exponent:g}; worst jumps {fitted['worst_jump']}")

@@ -34,3 +34,6 @@ def test_build_minutes_counts_the_two_lanes_side_by_side():
     # data + base beside encoders, FlexIP beside the baseline, the scene sweeps beside the recolour ones
     assert build_minutes(seconds, jobs=2) == pytest.approx((6 + 1068 + 708 + 230 + 18) / 60)
     assert build_minutes({"data": 6, "encoders": 114, "base": 90}, jobs=2) == pytest.approx(114 / 60)
+    # the calibrated slider: its two calibration sweeps side by side, the fit after them
+    calibrated = {**seconds, "calibration-scene-paper": 60, "calibration-recolour-paper": 75, "slider-paper": 2}
+    assert build_minutes(calibrated, jobs=2) == pytest.approx((6 + 1068 + 708 + 75 + 2 + 230 + 18) / 60)
