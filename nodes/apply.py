@@ -65,7 +65,8 @@ class GatedApply:
             "personalization": ("FLEXIP_PERSONALIZATION", {"tooltip": "From PersonalizationAdapter."}),
             "gamma": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
                                 "tooltip": "0 = follow the prompt freely (personalize), 1 = keep the subject "
-                                           "exactly (preserve). Not used when a schedule or a sweep is connected."}),
+                                           "exactly (preserve). A weight file with a calibrated slider blends by gamma^k (docs/nodes.md). "
+                                           "Not used when a schedule or a sweep is connected."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
                                    "tooltip": "Overall weight w of FlexIP; 0 gives the model without FlexIP."}),
             "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
