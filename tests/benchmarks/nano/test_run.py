@@ -35,18 +35,24 @@ def ci_run(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", "ci", "--cache", str(cache),
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    from benchmarks.nano.__main__ import DEFAULT_VARIANT
-    summary = json.loads((cache / "report" / DEFAULT_VARIANT / "summary.json").read_text())
+    summary = json.loads((cache / "report" / default_report() / "summary.json").read_text())
     return cache, summary, time.time() - start
+
+
+def default_report():
+    """The default run's report folder: the variant's name, with -calibrated for the calibrated slider."""
+    from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT
+    return DEFAULT_VARIANT + ("-calibrated" if DEFAULT_SLIDER == "calibrated" else "")
 
 
 def test_ci_run_builds_everything_and_writes_the_report(ci_run):
     cache, summary, seconds = ci_run
     for name in ("report.md", "controls.png", "front.png", "smoothness.png", "contact_sheet.png", "gamma_sweep.png",
                  "training_flexip.png", "summary.json"):
-        assert (cache / "report" / summary["facts"]["variant"]["name"] / name).stat().st_size > 0, name
+        assert (cache / "report" / default_report() / name).stat().st_size > 0, name
     assert (cache / "report" / "ablation.md").stat().st_size > 0
-    assert (cache / f"flexip-{summary['facts']['variant']['name']}" / "flexip.safetensors").is_file()
+    from benchmarks.nano.__main__ import DEFAULT_VARIANT
+    assert (cache / f"flexip-{DEFAULT_VARIANT}" / "flexip.safetensors").is_file()
     training = summary["facts"]["flexip_training"]
     assert training["steps"] == summary["facts"]["size"]["adapters"]["steps"] and training["variant_samples"] > 0
     # --jobs 2 (the default): the second lane built the encoders while this one built the base
@@ -73,22 +79,23 @@ def test_gamma_moves_identity_up_and_the_prompt_down(ci_run):
 
 
 def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
-    """`--slider calibrated` on the same cache: nothing is retrained; the calibration stage fits k on training
-    subjects and writes it into a copy of FlexIP's weight file, which the sweeps read as the loader node does.
-    The slider's ends do not move (0^k = 0, 1^k = 1), so with the same noise the calibrated sweep's pictures at
-    gamma 0 and 1 are the paper's map's, exactly."""
+    """The other slider map than the default's (--slider) on the same cache: nothing is retrained; the
+    calibration stage fits k on training subjects and writes it into a copy of FlexIP's weight file, which the
+    sweeps read as the loader node does. The slider's ends do not move (0^k = 0, 1^k = 1), so with the same
+    noise the calibrated sweep's pictures at gamma 0 and 1 are the paper's map's, exactly."""
     import numpy as np
 
     from benchmarks.nano import calibrate
+    from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT
     from flexip_core.slider import slider_exponent
     from flexip_core.weights import read_flexip_header
 
-    cache, summary, _ = ci_run
-    name = summary["facts"]["variant"]["name"]
+    cache, _, _ = ci_run
+    name = DEFAULT_VARIANT
     trained = (cache / f"flexip-{name}" / "stamp.json").read_text()
+    other = "paper" if DEFAULT_SLIDER == "calibrated" else "calibrated"
     done = subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", "ci", "--cache", str(cache),
-                           "--slider", "calibrated", "--no-progress"], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                           "--slider", other, "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (cache / f"flexip-{name}" / "stamp.json").read_text() == trained  # not retrained
 
