@@ -108,13 +108,13 @@ def nano_sweep(out):
     """Build (or reuse) the trained miniature (its default training variant) and copy its gamma sweep
     into out; -> (sheet, report)."""
     sys.path.insert(0, str(host.REPO))
-    from benchmarks.nano.__main__ import DEFAULT_VARIANT
-    report = host.HOST / "nano" / "full" / "report" / DEFAULT_VARIANT
+    from benchmarks.nano.__main__ import DEFAULT_REPORT
+    report = host.HOST / "nano" / "full" / "report" / DEFAULT_REPORT
     if not (report / "gamma_sweep.png").is_file():
         cache = host.HOST / "nano" / NANO_SIZE
         subprocess.run([sys.executable, "-m", "benchmarks.nano", "--size", NANO_SIZE, "--cache", str(cache)],
                        cwd=host.REPO, check=True)
-        report = cache / "report" / DEFAULT_VARIANT
+        report = cache / "report" / DEFAULT_REPORT
     sheet = out / "nano_gamma_sweep.png"
     shutil.copyfile(report / "gamma_sweep.png", sheet)
     return sheet, report / "report.md"

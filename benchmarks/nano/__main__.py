@@ -40,6 +40,14 @@ SLIDERS = ("paper", "calibrated")
 DEFAULT_SLIDER = "calibrated"
 
 
+def report_name(variant, slider):
+    """A run's report folder under <report>: the variant's name, with -calibrated for the calibrated slider."""
+    return variant + ("-calibrated" if slider == "calibrated" else "")
+
+
+DEFAULT_REPORT = report_name(DEFAULT_VARIANT, DEFAULT_SLIDER)
+
+
 @dataclasses.dataclass(frozen=True)
 class Size:
     name: str
@@ -465,10 +473,9 @@ def main(argv=None):
                 "--threads", str(args.threads), "--slider", args.slider, "--second-lane",
                 *(["--subject-weight", str(args.subject_weight)] if args.subject_weight is not None else [])]
 
-    suffix = "-calibrated" if args.slider == "calibrated" else ""
-    summaries = {name + suffix: run_variant(size, cache, VARIANTS[name], report_dir / (name + suffix), args.rebuild,
-                                            not args.no_progress, second_lane_command(name), args.slider)
-                 for name in names}
+    summaries = {report_name(name, args.slider): run_variant(
+        size, cache, VARIANTS[name], report_dir / report_name(name, args.slider), args.rebuild, not args.no_progress,
+        second_lane_command(name), args.slider) for name in names}
     ablation.write_ablation(report_dir)
     log(f"ablation: {report_dir / 'ablation.md'}")
     for name, summary in summaries.items():

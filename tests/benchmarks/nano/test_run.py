@@ -40,9 +40,8 @@ def ci_run(tmp_path_factory):
 
 
 def default_report():
-    """The default run's report folder: the variant's name, with -calibrated for the calibrated slider."""
-    from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT
-    return DEFAULT_VARIANT + ("-calibrated" if DEFAULT_SLIDER == "calibrated" else "")
+    from benchmarks.nano.__main__ import DEFAULT_REPORT
+    return DEFAULT_REPORT
 
 
 def test_ci_run_builds_everything_and_writes_the_report(ci_run):
