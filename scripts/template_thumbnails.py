@@ -6,7 +6,8 @@ runs use the random-initialised full-shape model files the tests use (64 px, 2 s
 thumbnail says so on the picture. Start the server alone: wrap this in
 `flock /tmp/comfy-server.lock` on a shared machine.
 
-    .host/venv/bin/python scripts/template_thumbnails.py
+    .host/venv/bin/python scripts/template_thumbnails.py                  # every template
+    .host/venv/bin/python scripts/template_thumbnails.py flexip_basic     # only the templates named
 """
 import io
 import json
@@ -62,6 +63,10 @@ def run(client, name, reference_name, models, subject=None):
 
 
 def main():
+    named = set(sys.argv[1:])
+    unknown = named - {path.stem for path in WORKFLOWS.glob("*.json")}
+    if unknown:
+        raise SystemExit(f"no template {', '.join(sorted(unknown))} in {WORKFLOWS}")
     sys.path.insert(0, str(host.COMFYUI))  # random_models builds missing files with ComfyUI's classes
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
@@ -71,6 +76,7 @@ def main():
 
     models = {"checkpoint": random_models.sd15_checkpoint().name, "clip_vision": random_models.clip_vit_h().name,
               "dino": random_models.dinov2_large().name, "flexip": random_models.flexip_sd15().name}
+    (host.HOST / "run").mkdir(parents=True, exist_ok=True)
     reference_path = synthetic_reference(host.HOST / "run" / "thumbnail_reference.png")
     reference = Image.open(reference_path)
     saved_subject = None
@@ -79,6 +85,9 @@ def main():
         reference_name = client.upload_image(reference_path)
         for path in sorted(WORKFLOWS.glob("*.json"), key=lambda p: p.stem != "flexip_save_subject"):
             name = path.stem
+            # flexip_load_subject needs the subject flexip_save_subject saves, so that one always runs
+            if named and name not in named and not (name == "flexip_save_subject" and "flexip_load_subject" in named):
+                continue
             images, entry, prompt = run(client, name, reference_name, models, subject=saved_subject)
             if name == "flexip_save_subject":  # flexip_load_subject reuses what this run saved
                 (saved_subject,) = [o["subject_name"][0] for o in entry["outputs"].values() if "subject_name" in o]

