@@ -1,8 +1,8 @@
-"""The miniature's stage cache (benchmarks/nano/__main__.py): a stage's stamp covers the code of
+"""The miniature's stage cache (benchmarks/nano/stages.py): a stage's stamp covers the code of
 every repository module it imports, so an edit anywhere in that code rebuilds it."""
 import shutil
 
-from benchmarks.nano.__main__ import REPO, Stages, source_files
+from benchmarks.nano.stages import REPO, Stages, source_files
 
 
 def test_a_stage_covers_every_repository_module_it_imports():
@@ -44,7 +44,7 @@ def test_a_stage_being_built_makes_another_process_wait_for_it(tmp_path):
     assert not stages.current("base", [1], ["world"])
     (stages.folder("base") / "weights").write_text("built")
     other = subprocess.Popen([sys.executable, "-c", (
-        "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.nano.__main__ import Stages; "
+        "import sys; sys.path.insert(0, sys.argv[2]); from benchmarks.nano.stages import Stages; "
         "print(Stages(sys.argv[1], False).current('base', [1], ['world']))"), str(tmp_path), str(REPO)],
         stdout=subprocess.PIPE, text=True)
     time.sleep(3)
