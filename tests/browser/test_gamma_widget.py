@@ -279,10 +279,46 @@ def switch_live_on(frontend, posts):
     click_widget(frontend, GATED, "live")
     assert frontend.widget(GATED, "live")["value"] is True
     assert posts == []  # switching live on queues nothing by itself
-    # The time of the last pointer move and of the last release, on the clock of request.timing.
-    frontend.evaluate("""() => {
-        addEventListener('pointermove', () => { window.lastMoveAt = Date.now(); }, true);
-        addEventListener('pointerup', () => { window.lastUpAt = Date.now(); }, true); }""")
+    # The times of the gamma widget's changes (each one restarts the debounce: the wrapper runs just
+    # before the pack's own callback) and of the pointer releases, on the clock of request.timing.
+    frontend.evaluate("""id => {
+        window.changes = []; window.ups = [];
+        const gamma = app.graph.getNodeById(id).widgets.find(w => w.name === 'gamma'), callback = gamma.callback;
+        gamma.callback = function (...args) { window.changes.push(Date.now()); return callback.apply(this, args); };
+        addEventListener('pointerup', () => { window.ups.push(Date.now()); }, true); }""", GATED)
+
+
+def timeline(frontend, clear=False):
+    """The recorded change and release times since the last clear."""
+    return frontend.evaluate("""clear => { const t = {changes: window.changes, ups: window.ups};
+        if (clear) { window.changes = []; window.ups = []; } return t; }""", clear)
+
+
+def paused(times):
+    """Whether two successive events of a drag came a debounce or more apart. On a loaded machine one
+    event can take that long, and the debounce then rightly queues mid-drag: a drag the test did not mean."""
+    return any(b - a >= DEBOUNCE_S * 1000 for a, b in zip(times, times[1:]))
+
+
+def assert_debounced(posts, times):
+    """The debounce's rule, whatever the drag's pace: a prompt is posted only a debounce after the last
+    change before it, or after a release that followed that change."""
+    for request in posts:
+        start = request.timing["startTime"]
+        last_change = max(t for t in times["changes"] if t <= start)
+        released = any(last_change <= t <= start for t in times["ups"])
+        assert released or start - last_change >= DEBOUNCE_S * 1000, (start, times)
+
+
+def after_paused_drag(frontend, client, posts):
+    """Release, check the paused drag against the rule, let the debounce run out and wait for every
+    prompt it queued, so that the next try starts from an idle server."""
+    frontend.page.mouse.up()
+    frontend.page.wait_for_timeout(3 * DEBOUNCE_S * 1000)
+    assert_debounced(posts, timeline(frontend, clear=True))
+    for request in posts:
+        client.wait(request.response().json()["prompt_id"], timeout=600)
+    posts.clear()
 
 
 def queued_once(frontend, client, before, posts, prompt_id, released):
@@ -295,25 +331,38 @@ def queued_once(frontend, client, before, posts, prompt_id, released):
     return entry["prompt"][2][str(GATED)]["inputs"]["gamma"]
 
 
+# Each live test tries its drag up to three times, the second time backwards (a drag that ends where the
+# last queue was has nothing new to send), until one runs at the pace it means.
+TRIES = 3
+
+
 def test_live_drag_queues_once_on_release(runnable, ui_client):
     """A quick drag: every move changes gamma within the debounce window; the release queues once."""
     frontend, page = runnable, runnable.page
     posts = []
     page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
-    before = set(server_prompts(ui_client))
     switch_live_on(frontend, posts)
-    with page.expect_request(is_prompt_post, timeout=5_000) as queued:
-        drag(frontend, GATED, [0.5, 0.55, 0.6, 0.7, 0.75, 0.8])
-        released = time.monotonic()
-    gamma = frontend.widget(GATED, "gamma")["value"]
-    assert abs(gamma - 0.8) <= 0.02
-    prompt_id = queued.value.response().json()["prompt_id"]
-    # Queued by the release: after it, and sooner after the last move than the debounce can fire.
-    start = queued.value.timing["startTime"]
-    times = page.evaluate("() => ({move: window.lastMoveAt, up: window.lastUpAt})")
-    assert start >= times["up"], (start, times)
-    assert start - times["move"] < DEBOUNCE_S * 1000, (start, times)
-    assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
+    fractions = [0.5, 0.55, 0.6, 0.7, 0.75, 0.8]
+    for _ in range(TRIES):
+        before = set(server_prompts(ui_client))
+        with page.expect_request(is_prompt_post, timeout=5_000) as queued:
+            drag(frontend, GATED, fractions)
+            released = time.monotonic()
+        times = timeline(frontend)
+        if paused(times["changes"] + times["ups"][-1:]):
+            after_paused_drag(frontend, ui_client, posts)
+            fractions = fractions[::-1]
+            continue
+        gamma = frontend.widget(GATED, "gamma")["value"]
+        assert abs(gamma - fractions[-1]) <= 0.02
+        prompt_id = queued.value.response().json()["prompt_id"]
+        # Queued by the release: after it, and sooner after the last change than the debounce can fire.
+        start = queued.value.timing["startTime"]
+        assert start >= times["ups"][-1], (start, times)
+        assert start - times["changes"][-1] < DEBOUNCE_S * 1000, (start, times)
+        assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
+        return
+    pytest.fail(f"each of {TRIES} drags paused for a debounce between two of its events: the machine is too loaded")
 
 
 def test_live_drag_that_rests_queues_once_after_the_debounce(runnable, ui_client):
@@ -322,19 +371,28 @@ def test_live_drag_that_rests_queues_once_after_the_debounce(runnable, ui_client
     frontend, page = runnable, runnable.page
     posts = []
     page.on("request", lambda r: is_prompt_post(r) and posts.append(r))
-    before = set(server_prompts(ui_client))
     switch_live_on(frontend, posts)
-    with page.expect_request(is_prompt_post, timeout=5_000) as queued:
-        drag(frontend, GATED, [0.5, 0.4, 0.3], release=False)
-    prompt_id = queued.value.response().json()["prompt_id"]
-    # The debounce: nothing is queued sooner than DEBOUNCE after the last move (which changed gamma).
-    since_last_move = queued.value.timing["startTime"] - page.evaluate("() => window.lastMoveAt")
-    assert since_last_move >= DEBOUNCE_S * 1000, since_last_move
-    page.mouse.up()
-    released = time.monotonic()
-    gamma = frontend.widget(GATED, "gamma")["value"]
-    assert abs(gamma - 0.3) <= 0.02
-    assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
+    fractions = [0.5, 0.4, 0.3]
+    for _ in range(TRIES):
+        before = set(server_prompts(ui_client))
+        with page.expect_request(is_prompt_post, timeout=5_000) as queued:
+            drag(frontend, GATED, fractions, release=False)
+        times = timeline(frontend)
+        if paused(times["changes"]):
+            after_paused_drag(frontend, ui_client, posts)
+            fractions = fractions[::-1]
+            continue
+        prompt_id = queued.value.response().json()["prompt_id"]
+        # The debounce: nothing is queued sooner than DEBOUNCE after the drag's last change of gamma.
+        since_last_change = queued.value.timing["startTime"] - times["changes"][-1]
+        assert since_last_change >= DEBOUNCE_S * 1000, since_last_change
+        page.mouse.up()
+        released = time.monotonic()
+        gamma = frontend.widget(GATED, "gamma")["value"]
+        assert abs(gamma - fractions[-1]) <= 0.02
+        assert queued_once(frontend, ui_client, before, posts, prompt_id, released) == gamma
+        return
+    pytest.fail(f"each of {TRIES} drags paused for a debounce between two of its events: the machine is too loaded")
 
 
 def test_slider_with_live_off_queues_nothing(runnable, ui_client):
