@@ -209,7 +209,7 @@ def slider_map(size, variant, base, flexip, stages, facts, progress, in_second_l
         stage = f"calibration-{kind}-{variant.name}"
         calibrations.append(stage)
         path = stages.folder(stage) / "identity.npz"
-        settings = [size.calibration_subjects, list(calibrate.BLEND_WEIGHTS), calibrate.SEED, calibrate.CASE_SEED,
+        settings = [size.calibration_subjects, list(calibrate.BLEND_WEIGHTS), list(calibrate.SEEDS), calibrate.CASE_SEED,
                     calibrate.SUBJECT_STRIDE, dataclasses.asdict(size.sampling), variant.references]
         if not stages.current(stage, settings, ["world", "evaluate", "scoring", "recolour", "calibrate"],
                               [f"flexip-{variant.name}"]):
@@ -228,7 +228,7 @@ def slider_map(size, variant, base, flexip, stages, facts, progress, in_second_l
         save_with_slider_exponent(stages.folder(f"flexip-{variant.name}") / "flexip.safetensors", weights, exponent)
         (stages.folder(stage) / "calibration.json").write_text(json.dumps(
             {"exponent": exponent, "worst_jump": {str(k): v for k, v in worst.items()},
-             "blend_weights": list(calibrate.BLEND_WEIGHTS), "identity": {k: v.tolist() for k, v in curves.items()}},
+             "blend_weights": list(calibrate.BLEND_WEIGHTS), "seeds": list(calibrate.SEEDS), "identity": {k: v.tolist() for k, v in curves.items()}},
             indent=1))
         stages.done()
     exponent = slider_exponent(read_flexip_header(weights)[1])

@@ -119,7 +119,8 @@ def markdown(summary, size, cases, facts, seconds, minutes):
         slider = facts["slider"]
         lines += [f"Slider: calibrated, FlexIP's branches blended by gamma^{slider['exponent']:g} "
                   "(flexip_core.slider), k fitted on training subjects' scene and recolour cases at the blend weights "
-                  f"{', '.join(f'{w:g}' for w in slider['blend_weights'])}. The worse case set's largest/mean identity "
+                  f"{', '.join(f'{w:g}' for w in slider['blend_weights'])}, identity averaged over the sampling seeds "
+                  f"{', '.join(str(s) for s in slider['seeds'])}. The worse case set's largest/mean identity "
                   "jump at each candidate k: " + ", ".join(f"{float(k):g}: {_f(v, 2)}" for k, v in slider["worst_jump"].items())
                   + ".", ""]
     lines += [f"Held-out subjects only: {len({c.subject for c in cases})} subjects never seen in training, "

@@ -96,7 +96,7 @@ def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
     import numpy as np
 
     from benchmarks.nano import calibrate
-    from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT
+    from benchmarks.nano.__main__ import DEFAULT_SLIDER, DEFAULT_VARIANT, SIZES
     from safetensors import safe_open
 
     from flexip_core.slider import slider_exponent
@@ -116,6 +116,11 @@ def test_the_calibrated_slider_is_fitted_written_and_read_back(ci_run):
     assert exponent == fitted["exponent"] and fitted["exponent"] in calibrate.EXPONENTS
     assert fitted["worst_jump"][str(fitted["exponent"])] == min(
         v for v in fitted["worst_jump"].values() if v == v)  # NaN (a flat curve) never wins
+    # The fit reads each case set's identity averaged over the calibration's seeds and its cases.
+    swept = np.load(cache / f"calibration-scene-{name}" / "identity.npz")
+    assert swept["per_case"].shape == (len(calibrate.SEEDS), len(calibrate.BLEND_WEIGHTS), SIZES["ci"].calibration_subjects)
+    assert np.allclose(swept["mean"], swept["per_case"].mean((0, 2)))
+    assert np.allclose(fitted["identity"]["scene"], swept["mean"])
     calibrated = json.loads((cache / "report" / f"{name}-calibrated" / "summary.json").read_text())
     assert calibrated["facts"]["slider"]["exponent"] == exponent
     assert "Slider: calibrated" in (cache / "report" / f"{name}-calibrated" / "report.md").read_text()
