@@ -21,6 +21,7 @@ class FeatureCache:
         """identity: a JSON-able description of what is cached (data, resolution, encoders)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        identity = json.loads(json.dumps(identity))  # tuples as lists, as the saved stamp reads back
         stamp = self.folder / "cache.json"
         if stamp.exists():
             saved = json.loads(stamp.read_text())
