@@ -6,6 +6,8 @@ Several GPUs or machines: the same command under accelerate (see docs/training.m
     accelerate launch --multi_gpu --num_processes 8 -m flexip_train --config my_run.toml
 Manifests into tar shards, for data of millions of samples ([data] shards streams them):
     python -m flexip_train shards data/manifest.jsonl --out data/shards
+The frozen features of a run's data into tar shards, once ([data] features streams them):
+    python -m flexip_train features --config my_run.toml --out data/features
 """
 import argparse
 import hashlib
@@ -20,7 +22,9 @@ def parse_args(argv=None):
         prog="python -m flexip_train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train FlexIP (preservation and personalization adapters, per-layer projections and the "
                     "gate) on a frozen SD1.5 loaded by ComfyUI, and export the weight file FlexIPLoader loads. "
-                    "`python -m flexip_train shards --help`: write manifests into tar shards for [data] shards.",
+                    "`python -m flexip_train shards --help`: write manifests into tar shards for [data] shards. "
+                    "`python -m flexip_train features --help`: encode a run's data once into a feature set for "
+                    "[data] features.",
         epilog="The config file is TOML with these sections and options (defaults shown):\n\n" + describe_options())
     parser.add_argument("--config", help="the run's TOML file")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -63,6 +67,62 @@ def write_shards_command(argv):
     return 0
 
 
+def parse_features_args(argv):
+    from .feature_shards import __doc__ as layout
+    parser = argparse.ArgumentParser(prog="python -m flexip_train features", description=layout,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the run's TOML file: its [data], [model] and run.seed")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one option, as for training")
+    parser.add_argument("--out", required=True, type=Path, help="the feature set's folder (empty or new)")
+    parser.add_argument("--samples-per-shard", type=int, default=1000,
+                        help="samples per tar from manifests (default 1000); from [data] shards the features keep "
+                             "its shards")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def write_features_command(argv):
+    """python -m flexip_train features: a summary like the shard writer's, exit status 1 when nothing was written."""
+    from .feature_shards import write_features
+    from .manifest import summarize
+    args = parse_features_args(argv)
+    config = read_config(args.config, args.set)
+    base, flexip_config = load_base(config)
+    try:
+        index, problems = write_features(config, base, flexip_config, args.out, args.samples_per_shard, args.progress)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"flexip_train features: {e}")
+    print(summarize(range(index["samples"]), problems))
+    if not index["samples"]:
+        print(f"error: no sample of {args.config}'s data loads", file=sys.stderr)
+        return 1
+    print(f"wrote the features of {index['samples']} samples ({len(index['shards'])} shards) to {args.out}; "
+          f"train from them with [data] features = \"{args.out}\"")
+    return 0
+
+
+def read_config(path, pairs):
+    try:
+        return load_config(path, overrides(pairs))
+    except ConfigError as e:
+        sys.exit(f"flexip_train: {e}")
+
+
+def load_base(config):
+    """(the frozen base of [model], loaded by ComfyUI's code; the FlexIP configuration)."""
+    from flexip_core.config import CONFIGS
+
+    from .comfy_base import FrozenBase, import_comfy
+    if config.model.flexip_config not in CONFIGS:
+        sys.exit(f"flexip_train: [model] flexip_config {config.model.flexip_config!r} is not one of {', '.join(CONFIGS)}")
+    import_comfy(config.model.comfyui)
+    flexip_config = CONFIGS[config.model.flexip_config]
+    base = FrozenBase.from_files(config.model.checkpoint, config.model.clip_vision, config.model.dino, flexip_config,
+                                 config.model.gradient_checkpointing)
+    return base, flexip_config
+
+
 def overrides(pairs):
     import tomllib
     out = {}
@@ -89,11 +149,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["shards"]:
         return write_shards_command(argv[1:])
+    if argv[:1] == ["features"]:
+        return write_features_command(argv[1:])
     args = parse_args(argv)
-    try:
-        config = load_config(args.config, overrides(args.set)) if args.config else TrainConfig()
-    except ConfigError as e:
-        sys.exit(f"flexip_train: {e}")
+    config = read_config(args.config, args.set) if args.config else TrainConfig()
     if args.print_config:
         print(to_toml(config))
         return
@@ -102,19 +161,11 @@ def main(argv=None):
 
     from accelerate import Accelerator
 
-    from flexip_core.config import CONFIGS
-
-    from .comfy_base import FrozenBase, import_comfy
     from .loop import Trainer
     from .validation import Validator
 
-    if config.model.flexip_config not in CONFIGS:
-        sys.exit(f"flexip_train: [model] flexip_config {config.model.flexip_config!r} is not one of {', '.join(CONFIGS)}")
     accelerator = Accelerator(mixed_precision=config.optim.mixed_precision)  # before ComfyUI picks a device
-    import_comfy(config.model.comfyui)
-    flexip_config = CONFIGS[config.model.flexip_config]
-    base = FrozenBase.from_files(config.model.checkpoint, config.model.clip_vision, config.model.dino, flexip_config,
-                                 config.model.gradient_checkpointing)
+    base, flexip_config = load_base(config)
     validator = Validator(base, config.validation, Path(config.run.output_dir) / "validation") \
         if config.validation.references and config.validation.prompts else None
     trainer = Trainer(config, base, flexip_config, accelerator, validator)

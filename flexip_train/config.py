@@ -57,9 +57,15 @@ class DataOptions:
     num_workers: int = option(4, "DataLoader worker processes per GPU.")
     min_gap: int = option(4, "Video samples: smallest frame gap between reference and target.")
     max_gap: int = option(32, "Video samples: largest frame gap.")
-    feature_cache: str = option("", "Folder for cached frozen features (CLIP, DINOv2, VAE latents, prompt embeddings) as "
-                                    "safetensors shards; later epochs skip the frozen encoders. The cache holds one "
-                                    "augmentation per sample (epoch 0's). Empty: no cache.")
+    feature_cache: str = option("", "Folder for cached frozen features (CLIP, DINOv2, VAE latents, prompt embeddings), "
+                                    "one safetensors file per sample, filled during the first epoch; later epochs skip "
+                                    "the frozen encoders. The cache holds one augmentation per sample (the first). "
+                                    "For millions of samples use features. Empty: no cache.")
+    features: str = option("", "A feature set folder (python -m flexip_train features --config <this config> --out "
+                               "<folder> writes it): the frozen features of every sample of manifests or shards, "
+                               "in tar shards, streamed as shards are; the frozen encoders never run. Keep manifests "
+                               "or shards: the set must have been written for them and this resolution and [model]. "
+                               "Empty: encode while training.")
 
 
 @dataclass
@@ -189,6 +195,10 @@ def check(config, source):
             problems.append(f"run.{name} must be at least 1")
     if config.data.manifests and config.data.shards:
         problems.append("give data.manifests or data.shards, not both")
+    if config.data.features and not (config.data.manifests or config.data.shards):
+        problems.append("data.features needs the data its features were written for: data.manifests or data.shards")
+    if config.data.features and config.data.feature_cache:
+        problems.append("data.features holds every sample's features: leave data.feature_cache empty")
     for name in ("batch_size", "resolution", "shuffle_buffer"):
         if getattr(config.data, name) < 1:
             problems.append(f"data.{name} must be at least 1")

@@ -221,9 +221,8 @@ class FlexIPDataset(SampleLoader, torch.utils.data.Dataset):
         start, skipped = self._place[index], []
         for step in range(len(pool)):
             candidate = pool[(start + step) % len(pool)]
-            rng = np.random.default_rng([self.seed, self.epoch, index, candidate])
             try:
-                item = self.load(candidate, rng)
+                item = self.load(candidate, self.item_rng(index, candidate))
             except LoadError as error:
                 skipped.append((error.path, error.reason))
                 continue
@@ -232,6 +231,10 @@ class FlexIPDataset(SampleLoader, torch.utils.data.Dataset):
         listed = "\n".join(f"  {path}: {reason}" for path, reason in skipped[:10])
         raise RuntimeError(f"FlexIPDataset: none of the {len(pool)} {kind} samples loads; fix or remove them "
                            f"(rebuild the manifest with the builders, which report bad files). First ones:\n{listed}")
+
+    def item_rng(self, index, candidate):
+        """The generator of candidate's augmentation and frame pair when index is asked for, this epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index, candidate])
 
     def load(self, index, rng):
         """One sample's tensors without substitution; raises LoadError naming the file that failed."""

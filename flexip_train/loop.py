@@ -21,10 +21,11 @@ from flexip_core.weights import save_flexip
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .dataset import BalancedSampler, FlexIPDataset, SampleLoader
-from .feature_cache import FeatureCache
+from .feature_cache import FeatureCache, data_identity, encode_features
+from .feature_shards import FeatureLoader, check_identity, read_feature_index
 from .init import init_flexip
 from .logs import MetricsLog, current_memory_mb
-from .manifest import read_manifest
+from .manifest import read_manifests
 from .rng import capture_rng_state, restore_rng_state
 from .shards import read_index
 from .stream import ShardStream
@@ -42,22 +43,17 @@ class Batch:
 
 
 def encode_items(base, items, cache):
-    """Frozen features for a list of dataset items: from the cache where present, else encoded
-    (in one batch) and written to the cache. Several references of a sample are averaged, as the
-    ReferenceEncoder node's default "average" does."""
-    features = [cache.get(item["index"]) if cache else None for item in items]
+    """Frozen features for a list of dataset items, as a Batch on the base's device: an item's own
+    "features" (streamed from a feature set), else the cache's, else encoded (in one batch) and
+    written to the cache."""
+    features = [item["features"] if "features" in item else cache.get(item["index"]) if cache else None
+                for item in items]
     todo = [i for i, f in enumerate(features) if f is None]
     if todo:
-        fresh = [items[i] for i in todo]
-        counts = [item["reference"].shape[0] for item in fresh]
-        clip, dino = base.reference(torch.cat([item["reference"] for item in fresh]),
-                                    torch.cat([item["reference_mask"] for item in fresh]))
-        latents = base.latents(torch.stack([item["target"] for item in fresh]))
-        text = base.text([item["caption"] for item in fresh])
-        for j, (i, c, d) in enumerate(zip(todo, clip.split(counts), dino.split(counts))):
-            features[i] = {"latents": latents[j], "text": text[j], "clip": c.mean(0), "dino": d.mean(0)}
+        for i, fresh in zip(todo, encode_features(base, [items[i] for i in todo])):
+            features[i] = fresh
             if cache:
-                cache.put(items[i]["index"], features[i])
+                cache.put(items[i]["index"], fresh)
     device = base.device
     loss_mask = torch.stack([item["loss_mask"] for item in items]).to(device) if "loss_mask" in items[0] else None
     return Batch(*(torch.stack([f[name] for f in features]).to(device) for name in ("latents", "text", "clip", "dino")),
@@ -87,7 +83,9 @@ class Trainer:
             TrainingConditioner(self.flexip).to(base.device), self.optimizer, self.scheduler)
 
         self.stream = None
-        if config.data.shards:
+        if config.data.features:
+            self._feature_data(config, flexip_config)
+        elif config.data.shards:
             self._shard_data(config, flexip_config)
         else:
             self._manifest_data(config, flexip_config)
@@ -96,11 +94,7 @@ class Trainer:
 
     def _manifest_data(self, config, flexip_config):
         accelerator = self.accelerator
-        samples, problems = [], []
-        for manifest in config.data.manifests:
-            found, bad = read_manifest(manifest)
-            samples += found
-            problems += bad
+        samples, problems = read_manifests(config.data.manifests)
         if not samples:
             raise ValueError(f"[data] manifests: no usable samples in {config.data.manifests} "
                              f"({len(problems)} problems: {'; '.join(map(str, problems[:5]))})")
@@ -115,25 +109,39 @@ class Trainer:
             accelerator.print(self.sampler.warning)
         self.data_facts = {"samples": len(samples), "variant_samples": sum(s.is_variant for s in samples),
                            "loss_masks": sum(s.loss_mask is not None for s in samples)}
-        self.cache = FeatureCache(config.data.feature_cache, {
-            "manifests": [str(Path(m).resolve()) for m in config.data.manifests], "samples": len(samples),
-            **self._cache_identity(config, flexip_config)}) if config.data.feature_cache else None
+        self.cache = FeatureCache(config.data.feature_cache, data_identity(config, flexip_config, len(samples))) \
+            if config.data.feature_cache else None
 
     def _shard_data(self, config, flexip_config):
         index = read_index(config.data.shards)
         self.manifest_problems = []
         loader = SampleLoader(config.data.resolution, flexip_config.clip.resolution * 2, config.data.min_gap,
                               config.data.max_gap, loss_masks=self._weigh_loss(index["loss_masks"] > 0))
-        self.stream = ShardStream(config.data.shards, loader, seed=config.run.seed, rank=self.accelerator.process_index,
-                                  world=self.accelerator.num_processes, workers=config.data.num_workers,
-                                  buffer=config.data.shuffle_buffer)
+        self._stream(config.data.shards, loader, index, "samples")
+        self.cache = FeatureCache(config.data.feature_cache, data_identity(config, flexip_config, index["samples"])) \
+            if config.data.feature_cache else None
+
+    def _feature_data(self, config, flexip_config):
+        """The configured data's features, streamed from a feature set: the frozen encoders never run.
+        The data itself is only counted, for the identity the feature set must have been written for."""
+        samples = read_index(config.data.shards)["samples"] if config.data.shards else \
+            len(read_manifests(config.data.manifests)[0])
+        index = read_feature_index(config.data.features)
+        check_identity(config.data.features, index, data_identity(config, flexip_config, samples))
+        self.manifest_problems = []
+        loader = FeatureLoader(config.data.resolution, loss_masks=self._weigh_loss(index["loss_masks"] > 0))
+        self._stream(config.data.features, loader, index, "features")
+        self.cache = None
+
+    def _stream(self, folder, loader, index, content):
+        """This process's ShardStream of a shard or feature set, and the set's facts."""
+        self.stream = ShardStream(folder, loader, seed=self.config.run.seed, rank=self.accelerator.process_index,
+                                  world=self.accelerator.num_processes, workers=self.config.data.num_workers,
+                                  buffer=self.config.data.shuffle_buffer, content=content)
         if self.stream.warning:
             self.accelerator.print(self.stream.warning)
         self.data_facts = {"samples": index["samples"], "variant_samples": index["kinds"]["variant"],
                            "loss_masks": index["loss_masks"]}
-        self.cache = FeatureCache(config.data.feature_cache, {
-            "shards": str(Path(config.data.shards).resolve()), "samples": index["samples"],
-            **self._cache_identity(config, flexip_config)}) if config.data.feature_cache else None
 
     def _weigh_loss(self, masks_present):
         weight = self.config.loss.subject_weight
@@ -141,11 +149,6 @@ class Trainer:
             self.accelerator.print(f"loss.subject_weight is {weight:g} but no sample has a loss_mask: "
                                    "the loss weighs every pixel alike")
         return weight != 1 and masks_present
-
-    @staticmethod
-    def _cache_identity(config, flexip_config):
-        return {"resolution": config.data.resolution, "checkpoint": Path(config.model.checkpoint).name,
-                "clip": flexip_config.clip.__dict__, "dino": flexip_config.dino.__dict__}
 
     # --- one step ---
 

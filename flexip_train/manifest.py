@@ -207,6 +207,16 @@ def read_manifest(path):
     return samples, problems
 
 
+def read_manifests(paths):
+    """read_manifest of several manifests: (their samples in order, their problems)."""
+    samples, problems = [], []
+    for path in paths:
+        found, bad = read_manifest(path)
+        samples += found
+        problems += bad
+    return samples, problems
+
+
 def _portable(path, base):
     """Relative to base when the file is inside base's tree, else absolute."""
     absolute = os.path.abspath(path)

@@ -16,7 +16,8 @@ members sharing its key (its index in the set, 9 digits):
 
 The writer validates as the manifest reader does (fields, files present) and also decodes each
 sample as training would, so a sample that would fail to load is reported, not written.
-WebDataset writes the tars (TarWriter) and reads them (tarfile_samples).
+WebDataset writes the tars (TarWriter) and reads them (tarfile_samples). A feature set
+(feature_shards.py: the samples' frozen features) has the same index, with "content": "features".
 """
 import json
 import os
@@ -91,8 +92,24 @@ def iterate_shards(paths):
     return wds.tarfile_samples(iter([{"url": str(path)} for path in paths]))
 
 
-class _ShardSeries:
-    """One kind's shards, written one after another, each renamed into place when complete."""
+def empty_folder(out):
+    """out, made if new; FileExistsError if it already holds a shard set."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / INDEX).exists() or any(out.glob("*.tar")):
+        raise FileExistsError(f"{out} already holds a shard set; write to an empty folder")
+    return out
+
+
+def write_index(out, index):
+    """The index, renamed into place once written: a folder with shards.json is complete."""
+    (out / (INDEX + ".partial")).write_text(json.dumps(index, indent=1))
+    os.replace(out / (INDEX + ".partial"), out / INDEX)
+
+
+class ShardSeries:
+    """One kind's shards, written one after another, each renamed into place when complete
+    (after samples_per_shard samples, or at close(); None: only at close())."""
 
     def __init__(self, folder, kind, samples_per_shard):
         self.folder, self.kind, self.limit = folder, kind, samples_per_shard
@@ -124,14 +141,11 @@ def write_shards(manifests, out, samples_per_shard=1000, check=True, progress=Tr
     from tqdm import tqdm
     if samples_per_shard < 1:
         raise ValueError(f"samples per shard must be at least 1, got {samples_per_shard}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / INDEX).exists() or any(out.glob("*.tar")):
-        raise FileExistsError(f"{out} already holds a shard set; write to an empty folder")
+    out = empty_folder(out)
     read = [(Path(m), *read_manifest(m)) for m in manifests]
     problems = [p for _, _, bad in read for p in bad]
     total = sum(len(samples) for _, samples, _ in read)
-    series = {kind: _ShardSeries(out, kind, samples_per_shard) for kind in KINDS}
+    series = {kind: ShardSeries(out, kind, samples_per_shard) for kind in KINDS}
     written = loss_masks = 0
     checker = SampleLoader(CHECK_SIDE, CHECK_SIDE, augment=False)
     bar = tqdm(total=total, desc=f"shards in {out}", unit="sample", disable=not progress)
@@ -165,6 +179,5 @@ def write_shards(manifests, out, samples_per_shard=1000, check=True, progress=Tr
              "kinds": {kind: sum(s["samples"] for s in shards if s["kind"] == kind) for kind in KINDS},
              "loss_masks": loss_masks, "samples_per_shard": samples_per_shard, "shards": shards,
              "manifests": [str(m.resolve()) for m, _, _ in read]}
-    (out / (INDEX + ".partial")).write_text(json.dumps(index, indent=1))
-    os.replace(out / (INDEX + ".partial"), out / INDEX)
+    write_index(out, index)
     return index, problems

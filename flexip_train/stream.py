@@ -20,6 +20,9 @@ current round up to the cursor (no decoding); earlier rounds are skipped by thei
 An item's randomness (augmentation, a video's frame pair, and in the Trainer the noise, timestep
 and dropout) is drawn from (seed, round, the sample's index in the set): the same whatever the
 number of processes and workers. A resumed run needs the same processes and workers.
+
+A feature set (flexip_train.feature_shards: the samples' frozen features, "content": "features"
+in its index) streams the same way; its items carry the features instead of pixels.
 """
 import random
 from pathlib import Path
@@ -38,15 +41,23 @@ def _seed(*values):
     return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
 
 
+def item_rng(seed, round_, index):
+    """The generator of a streamed sample's augmentation and frame pair in a round."""
+    return np.random.default_rng([seed, round_, index])
+
+
 class ShardStream(torch.utils.data.IterableDataset):
-    """loader: a dataset.SampleLoader (it decodes a sample). workers: the DataLoader's
+    """content: what the set holds, "samples" (loader: a dataset.SampleLoader, which decodes a
+    sample) or "features" (loader: a feature_shards.FeatureLoader). workers: the DataLoader's
     num_workers (0 counts as 1). buffer: the shuffle buffer's size in samples."""
 
-    def __init__(self, folder, loader, seed=0, rank=0, world=1, workers=1, buffer=1000):
-        self.folder, self.loader = Path(folder), loader
+    def __init__(self, folder, loader, seed=0, rank=0, world=1, workers=1, buffer=1000, content="samples"):
+        self.folder, self.loader, self.content = Path(folder), loader, content
         index = read_index(folder)
-        if index["content"] != "samples":
-            raise ValueError(f"{folder}: holds {index['content']}, not samples")
+        if index["content"] != content:
+            option = {"samples": "[data] shards", "features": "[data] features"}.get(index["content"])
+            raise ValueError(f"{folder}: holds {index['content']}, not {content}"
+                             + (f": give it as {option}" if option else ""))
         self.index = index
         self.seed, self.rank, self.world, self.workers = int(seed), int(rank), int(world), max(1, int(workers))
         self.buffer = int(buffer)
@@ -115,10 +126,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             kind = self.kind_at(stream, served)
             round_, raw = next(sources[kind])
             taken[KINDS.index(kind)] += 1
-            sample, files, meta = read_shard_sample(raw)
-            rng = np.random.default_rng([self.seed, round_, meta["index"]])
             try:
-                item = self.loader.load_sample(sample, rng, files, meta["frame_total"])
+                item, index = self.load(raw, round_)
             except LoadError as error:
                 skipped.append((f"{raw['__url__']}:{raw['__key__']}.{error.path}", error.reason))
                 if len(skipped) > self.index["kinds"][kind]:
@@ -126,9 +135,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                                        f"{skipped[0]}") from error
                 continue
             served += 1
-            yield {**item, "index": meta["index"], "key": (round_, meta["index"]), "skipped": skipped,
+            yield {**item, "index": index, "key": (round_, index), "skipped": skipped,
                    "cursor": {"worker": worker, "taken": list(taken), "served": served}}
             skipped = []
+
+    def load(self, raw, round_):
+        """A raw shard sample -> (its training item, its index in the set)."""
+        if self.content == "features":
+            return self.loader.load_features(raw)
+        sample, files, meta = read_shard_sample(raw)
+        rng = item_rng(self.seed, round_, meta["index"])
+        return self.loader.load_sample(sample, rng, files, meta["frame_total"]), meta["index"]
 
     # --- resume ---
 

@@ -36,6 +36,8 @@ def test_printed_config_loads_back_unchanged(tmp_path):
     ({"dropout": {"text": 0.6, "image": 0.6}}, "their sum at most 1"),
     ({"loss": {"subject_weight": 0}}, "loss.subject_weight must be above 0"),
     ({"loss": {"subject_weight": float("nan")}}, "loss.subject_weight must be above 0"),
+    ({"data": {"features": "f"}}, "data.features needs the data its features were written for"),
+    ({"data": {"shards": "s", "features": "f", "feature_cache": "c"}}, "leave data.feature_cache empty"),
 ])
 def test_bad_options_are_refused_with_their_name(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -222,6 +222,8 @@ def test_feature_cache_skips_the_frozen_encoders_after_the_first_epoch(manifests
     # 2 epochs of the 16 samples: the first encodes each once, the second reads them all back.
     assert sum(encoded) == 16 and trainer.cache.misses == 16 and trainer.cache.hits == 16
     assert len(list(cache.rglob("*.safetensors"))) == 16
+    again = make_trainer(tiny_config(tmp_path / "again", manifests, data={"feature_cache": str(cache)}))
+    assert again.cache.get(0) is not None  # a later run (a resumed one) takes the cache back
     with pytest.raises(ValueError, match="other data or settings"):
         make_trainer(tiny_config(tmp_path / "other", manifests, data={"resolution": 128, "feature_cache": str(cache)}))
 

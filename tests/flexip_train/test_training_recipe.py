@@ -4,8 +4,8 @@ the page, in order, in one folder, on the tiny configuration.
 Tiny means: the data is a few generated pictures, clips and views in the folders the recipe
 names; the frozen base is the tests' tiny ComfyUI UNet with its stand-in encoders (tiny_base:
 FrozenBase.from_files returns it, as the full-shape files cannot be loaded in seconds); and each
-training command gets --set options after its own: 64 px, batch 2, no workers, float32, a
-checkpoint every step, and 1/5000 of the steps it asks for (10000 -> 2). Lines marked GPU-only
+command with a --config (training, and the feature set's) gets --set options after its own: 64 px,
+batch 2, no workers, float32, a checkpoint every step, and 1/5000 of the steps it asks for (10000 -> 2). Lines marked GPU-only
 are left out; `python -m flexip_eval` needs ComfyUI servers and is run by
 tests/flexip_eval/test_runner_host.py on the test host."""
 import contextlib
@@ -119,7 +119,9 @@ def test_the_recipe_runs_from_data_to_exported_weights(tiny_base_for_the_cli, tm
 
     index = json.loads((work / "data" / "shards" / "shards.json").read_text())
     assert index["kinds"] == {"invariant": 4, "variant": 6}, index["kinds"]  # 4 images; 2 clips + 2 objects x 2 views
-    for name, steps in (("flexip-80gb", 2), ("flexip-24gb", 4)):
+    features = json.loads((work / "data" / "features" / "shards.json").read_text())
+    assert (features["content"], features["kinds"]) == ("features", index["kinds"]), features
+    for name, steps in (("flexip-80gb", 2), ("flexip-80gb-features", 2), ("flexip-24gb", 4)):
         with safe_open(str(work / "runs" / name / "flexip-sd15.safetensors"), "pt") as f:
             facts = json.loads(f.metadata()["training"])
         assert (facts["steps"], facts["samples"], facts["variant_samples"]) == (steps, 10, 6), facts
