@@ -335,7 +335,7 @@ def second_lane(size, cache, variant, slider="paper"):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: the benchmark (48 to 56 min "
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: the benchmark (40 to 60 min "
                         "on 2 CPU cores); ci: the CI-sized run (no baseline)")
     parser.add_argument("--variant", nargs="+", choices=[*VARIANTS, "all"], default=[DEFAULT_VARIANT],
                         help=f"training variants to build and report (default: {DEFAULT_VARIANT}, chosen by "
