@@ -31,8 +31,8 @@ from safetensors.torch import load, save
 from .dataset import FlexIPDataset, LoadError, SampleLoader, to_tensor
 from .feature_cache import NAMES, data_identity, encode_features, saved_features
 from .manifest import Problem, read_manifests
-from .shards import (FORMAT, KINDS, ShardSeries, empty_folder, iterate_shards, kind_of, read_index,
-                     read_shard_sample, write_index)
+from .shards import (KINDS, ShardSeries, empty_folder, iterate_shards, kind_of, read_index, read_shard_sample,
+                     set_index, write_index)
 from .stream import item_rng
 
 SHARD_END = None  # a source's mark between shards: the samples read so far fill one feature shard
@@ -162,11 +162,9 @@ def write_features(config, base, flexip_config, out, samples_per_shard=1000, pro
     bar.close()
     for writer in series.values():
         writer.close()
-    shards = [shard for writer in series.values() for shard in writer.shards]
-    index = {"format": FORMAT, "content": "features", "samples": written,
-             "kinds": {kind: sum(s["samples"] for s in shards if s["kind"] == kind) for kind in KINDS},
-             "loss_masks": loss_masks, "shards": shards, "identity": data_identity(config, flexip_config, total),
-             "encoded": {"seed": config.run.seed, "min_gap": config.data.min_gap, "max_gap": config.data.max_gap,
-                         "batch_size": config.data.batch_size}}
+    index = set_index("features", series, written, loss_masks,
+                      identity=data_identity(config, flexip_config, total),
+                      encoded={"seed": config.run.seed, "min_gap": config.data.min_gap,
+                               "max_gap": config.data.max_gap, "batch_size": config.data.batch_size})
     write_index(out, index)
     return index, problems

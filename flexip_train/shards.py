@@ -101,6 +101,15 @@ def empty_folder(out):
     return out
 
 
+def set_index(content, series, samples, loss_masks, **fields):
+    """The index of a set written by `series` ({kind: ShardSeries}, closed): content "samples" or
+    "features", the sample counts per kind and the shards, then the set's own fields."""
+    shards = [shard for writer in series.values() for shard in writer.shards]
+    return {"format": FORMAT, "content": content, "samples": samples,
+            "kinds": {kind: sum(s["samples"] for s in shards if s["kind"] == kind) for kind in KINDS},
+            "loss_masks": loss_masks, "shards": shards, **fields}
+
+
 def write_index(out, index):
     """The index, renamed into place once written: a folder with shards.json is complete."""
     (out / (INDEX + ".partial")).write_text(json.dumps(index, indent=1))
@@ -174,10 +183,7 @@ def write_shards(manifests, out, samples_per_shard=1000, check=True, progress=Tr
     bar.close()
     for writer in series.values():
         writer.close()
-    shards = [shard for writer in series.values() for shard in writer.shards]
-    index = {"format": FORMAT, "content": "samples", "samples": written,
-             "kinds": {kind: sum(s["samples"] for s in shards if s["kind"] == kind) for kind in KINDS},
-             "loss_masks": loss_masks, "samples_per_shard": samples_per_shard, "shards": shards,
-             "manifests": [str(m.resolve()) for m, _, _ in read]}
+    index = set_index("samples", series, written, loss_masks, samples_per_shard=samples_per_shard,
+                      manifests=[str(m.resolve()) for m, _, _ in read])
     write_index(out, index)
     return index, problems
