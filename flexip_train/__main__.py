@@ -48,18 +48,29 @@ def parse_shards_args(argv):
     return parser.parse_args(argv)
 
 
-def write_shards_command(argv):
-    """python -m flexip_train shards: a summary like the builders', exit status 1 when nothing was written."""
+def written_set(command, write, nothing):
+    """Run a set writer (-> (index, problems)) and print a summary like the builders'. -> the index, or
+    None after the error `nothing` when it wrote no sample."""
     from .manifest import summarize
-    from .shards import write_shards
-    args = parse_shards_args(argv)
     try:
-        index, problems = write_shards(args.manifests, args.out, args.samples_per_shard, args.check, args.progress)
+        index, problems = write()
     except (FileExistsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"flexip_train shards: {e}")
+        sys.exit(f"flexip_train {command}: {e}")
     print(summarize(range(index["samples"]), problems))
     if not index["samples"]:
-        print(f"error: no usable sample in {', '.join(map(str, args.manifests))}", file=sys.stderr)
+        print(f"error: {nothing}", file=sys.stderr)
+        return None
+    return index
+
+
+def write_shards_command(argv):
+    """python -m flexip_train shards: exit status 1 when nothing was written."""
+    from .shards import write_shards
+    args = parse_shards_args(argv)
+    index = written_set("shards", lambda: write_shards(args.manifests, args.out, args.samples_per_shard, args.check,
+                                                       args.progress),
+                        f"no usable sample in {', '.join(map(str, args.manifests))}")
+    if index is None:
         return 1
     kinds = ", ".join(f"{sum(s['kind'] == k for s in index['shards'])} {k} shards ({n} samples)"
                       for k, n in index["kinds"].items())
@@ -83,19 +94,15 @@ def parse_features_args(argv):
 
 
 def write_features_command(argv):
-    """python -m flexip_train features: a summary like the shard writer's, exit status 1 when nothing was written."""
+    """python -m flexip_train features: exit status 1 when nothing was written."""
     from .feature_shards import write_features
-    from .manifest import summarize
     args = parse_features_args(argv)
     config = read_config(args.config, args.set)
     base, flexip_config = load_base(config)
-    try:
-        index, problems = write_features(config, base, flexip_config, args.out, args.samples_per_shard, args.progress)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"flexip_train features: {e}")
-    print(summarize(range(index["samples"]), problems))
-    if not index["samples"]:
-        print(f"error: no sample of {args.config}'s data loads", file=sys.stderr)
+    index = written_set("features", lambda: write_features(config, base, flexip_config, args.out,
+                                                           args.samples_per_shard, args.progress),
+                        f"no sample of {args.config}'s data loads")
+    if index is None:
         return 1
     print(f"wrote the features of {index['samples']} samples ({len(index['shards'])} shards) to {args.out}; "
           f"train from them with [data] features = \"{args.out}\"")
