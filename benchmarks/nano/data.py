@@ -14,7 +14,7 @@ Every picture has its exact subject mask beside it as the builders' loss mask (<
 which the training loss weighs by train.Budget.subject_weight, and its subject alone
 (subjects/<subject>/<k>.png, subject_reference) for variants whose references show only the subject.
 index.json gives every picture's subject and scene. variant_manifests() turns the builders'
-manifests into a training variant's (variants.VARIANTS).
+manifests into a training variant's (variants.VARIANTS), rendering the recoloured views some ask for.
 Every choice is fixed per picture (a hash), so the data is the same on every build.
 """
 import dataclasses
@@ -89,6 +89,19 @@ def view_caption(subject_id, scene_id):
                          names_colour(subject_id, scene_id))
 
 
+def recoloured_view(subject_id, scene_id, reference):
+    """The colour a multi-view pair (reference path, target (subject, scene)) recolours its target to
+    under Variant.recoloured_views: a fixed draw among the other colours whose subject is a training
+    subject (a held-out subject is never drawn), and the fixed uniform draw in [0, 1) that decides
+    whether the pair is recoloured. -> (colour name, draw)."""
+    subject = world.Subject.from_id(subject_id)
+    train = set(world.split()[0])
+    others = [c for c in world.COLOURS if c != subject.colour
+              and world.Subject(subject.shape, c, subject.pattern, subject.mark).id in train]
+    pick = int(_uniform(0, len(others), subject_id, scene_id, reference, "colour"))
+    return others[pick], _uniform(0, 1, subject_id, scene_id, reference, "recolour")
+
+
 def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progress=True):
     """Every training subject in `views_per_subject` distinct random scenes, written twice: as image
     samples (images/<subject>/<k>.png with <k>.txt and <k>.loss.mask.png) and as one multi-view set
@@ -130,15 +143,18 @@ def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progr
 
 def variant_manifests(folder, variant, out):
     """The builders' manifests (write_training_data's) as training variant `variant` asks:
-    references of the subject alone (variant.references == "subject"), and image samples captioned
+    references of the subject alone (variant.references == "subject"), image samples captioned
     with another view's whole caption (variant.image_captions == "other_view": the caption then
-    contradicts the picture, which is its own reference and target: the conflict gamma 1 must win).
+    contradicts the picture, which is its own reference and target: the conflict gamma 1 must win),
+    and multi-view targets recoloured (variant.recoloured_views: that share of the pairs whose caption
+    names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
+    under `out`, and a caption that names it: the conflict gamma 0 must win).
     -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
-    folder = Path(folder)
+    folder, out = Path(folder), Path(out)
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
-    if variant.references == "scene" and variant.image_captions == "own":
+    if variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views:
         return manifests
     index = json.loads((folder / "index.json").read_text())
     views = {}  # subject -> its views' scenes, in order
@@ -152,6 +168,22 @@ def variant_manifests(folder, variant, out):
     def reference(path):
         return str(folder / "subjects" / relative(path).split("/", 1)[1]) if variant.references == "subject" else path
 
+    renderer = world.Renderer()
+
+    def recoloured(sample):
+        subject, scene = index[relative(sample.target)]
+        if sample.modality != "multiview" or not names_colour(subject, scene):
+            return sample
+        colour, draw = recoloured_view(subject, scene, relative(sample.references[0]))
+        if draw >= variant.recoloured_views:
+            return sample
+        own = world.Subject.from_id(subject)
+        new = world.Subject(own.shape, colour, own.pattern, own.mark)
+        target = out / "recoloured" / Path(relative(sample.target)).parent.name / f"{Path(sample.target).stem}-{colour}.png"
+        if not target.is_file():
+            world.save_png(renderer.render([new.id], [scene])[0], target)
+        return dataclasses.replace(sample, target=str(target), caption=world.caption(new, world.Scene.from_id(scene)))
+
     written = []
     for manifest in manifests:
         samples, problems = read_manifest(manifest)
@@ -159,13 +191,14 @@ def variant_manifests(folder, variant, out):
             raise RuntimeError(f"nano data: {manifest} has problems: {problems[:3]}")
         changed = []
         for sample in samples:
-            caption = sample.caption
             if sample.modality == "image" and variant.image_captions == "other_view":
                 subject, scene = index[relative(sample.target)]
                 scenes = views[subject]
-                caption = view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)])
-            changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references),
-                                               caption=caption))
+                sample = dataclasses.replace(
+                    sample, caption=view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)]))
+            if variant.recoloured_views:
+                sample = recoloured(sample)
+            changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references)))
         written.append(Path(out) / manifest.name)
         written[-1].parent.mkdir(parents=True, exist_ok=True)
         write_manifest(changed, written[-1])

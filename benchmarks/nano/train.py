@@ -50,13 +50,17 @@ class Variant:
     caption, as real captions are) or "other_view" (another view's whole caption, which the picture
     contradicts: with gate mode "sampled" this teaches the conflict at every gamma). references:
     "scene" (the whole picture) or "subject" (the subject alone, data.subject_reference).
-    text_on_images, image_timesteps: flexip_train's dropout.text_on_images and loss.image_timesteps."""
+    text_on_images, image_timesteps: flexip_train's dropout.text_on_images and loss.image_timesteps.
+    recoloured_views: the share of the multi-view samples whose caption names the body colour that show
+    their target in another colour, which the caption names (data.recoloured_view): the colour conflict
+    taught on training subjects, at the multi-view samples' gamma (beyond the paper)."""
     name: str
     gate: dict
     image_captions: str = "own"
     references: str = "scene"
     text_on_images: float = 0.0
     image_timesteps: float = 1.0
+    recoloured_views: float = 0.0
     description: str = ""
 
     def facts(self):

@@ -29,4 +29,8 @@ VARIANTS = {v.name: v for v in (
     Variant("sampled-subject", {"mode": "sampled"}, references="subject",
             description="(b) with gamma trained uniformly (the sampled gate of (a)) but each image sample's own "
             "caption: no contradicting captions"),
+    # Round 5 (benchmarks/README.md, written before its results): the recolour cases' low end.
+    Variant("subject-recolour", FLEXIP_GATE, references="subject", recoloured_views=0.5,
+            description="(b) + the colour conflict: half of the multi-view samples whose caption names the body "
+            "colour show their target in another colour, which the caption names (beyond the paper)"),
 )}

@@ -104,3 +104,39 @@ def test_variant_manifests(tmp_path):
     for before, after in zip(views_before, views_after):
         assert after.caption == before.caption and after.target == before.target
         assert after.references == tuple(r.replace("/views/", "/subjects/") for r in before.references)
+
+
+def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tmp_path):
+    from PIL import Image
+    from flexip_train.manifest import read_manifest
+    from benchmarks.nano.variants import VARIANTS
+    variant = VARIANTS["subject-recolour"]
+    images, multiview = data.write_training_data(tmp_path, views_per_subject=3, pairs_per_view=1, progress=False)
+    index = json.loads((tmp_path / "index.json").read_text())
+    train = set(world.split()[0])
+    plain = data.variant_manifests(tmp_path, VARIANTS["subject"], tmp_path / "subject")
+    changed = data.variant_manifests(tmp_path, variant, tmp_path / "recolour")
+    assert read_manifest(changed[0])[0] == read_manifest(plain[0])[0]  # image samples as (b)'s
+    renderer, recoloured, naming = world.Renderer(), 0, 0
+    for before, after in zip(read_manifest(plain[1])[0], read_manifest(changed[1])[0]):
+        assert after.references == before.references and after.loss_mask == before.loss_mask
+        subject, scene = index[str(Path(before.target).relative_to(tmp_path))]
+        if not data.names_colour(subject, scene):
+            assert after == before
+            continue
+        naming += 1
+        if after.target == before.target:
+            assert after == before
+            continue
+        recoloured += 1
+        own, asked = world.Subject.from_id(subject), after.caption.split()[2]
+        new = world.Subject(own.shape, asked, own.pattern, own.mark)
+        assert asked != own.colour and new.id in train
+        assert after.caption == world.caption(new, world.Scene.from_id(scene))
+        picture = np.asarray(Image.open(after.target), dtype=np.float32) / 255
+        assert np.abs(renderer.render([new.id], [scene])[0].numpy() - picture).max() < 1 / 255
+        mask = np.asarray(Image.open(after.loss_mask), dtype=np.float32) / 255  # the same shape, scene: same mask
+        assert np.abs(mask - renderer.subject_mask([new.id], [scene])[0].numpy()).max() < 1 / 255
+    assert 0.4 < recoloured / naming < 0.6, (recoloured, naming)
+    again = data.variant_manifests(tmp_path, variant, tmp_path / "again")  # fixed per pair
+    assert [s.caption for s in read_manifest(again[1])[0]] == [s.caption for s in read_manifest(changed[1])[0]]
