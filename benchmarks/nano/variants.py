@@ -33,4 +33,7 @@ VARIANTS = {v.name: v for v in (
     Variant("subject-recolour", FLEXIP_GATE, references="subject", recoloured_views=0.5,
             description="(b) + the colour conflict: half of the multi-view samples whose caption names the body "
             "colour show their target in another colour, which the caption names (beyond the paper)"),
+    Variant("subject-recolour-fixed", {"mode": "fixed", "alpha": 0.9, "beta": 0.9}, references="subject",
+            recoloured_views=0.5, description="subject-recolour with the gate fixed at alpha = beta = 0.9, so that "
+            "the recoloured views train S (weight 0.9) far more than P (0.1)"),
 )}
