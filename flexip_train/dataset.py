@@ -143,6 +143,8 @@ class SampleLoader:
                 "target": to_tensor(square(target, self.resolution, box)),
                 "caption": sample.caption,
                 "is_variant": sample.is_variant}
+        if sample.gamma is not None:
+            item["gamma"] = sample.gamma
         if self.loss_masks:
             if sample.loss_mask is None:
                 item["loss_mask"] = torch.ones(self.resolution, self.resolution)

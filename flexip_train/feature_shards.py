@@ -59,7 +59,7 @@ def check_identity(folder, index, identity):
 
 class FeatureLoader:
     """A feature set's raw shard sample -> (training item, its index in the data). The item holds
-    "features" (encode_items takes them as they are) and "is_variant"; with loss_masks also
+    "features" (encode_items takes them as they are), "is_variant" and a sample's own "gamma"; with loss_masks also
     "loss_mask", ones where the sample has none, as dataset.SampleLoader gives it."""
 
     def __init__(self, resolution, loss_masks=False):
@@ -68,7 +68,8 @@ class FeatureLoader:
     def load_features(self, raw):
         info = json.loads(raw["json"])
         tensors = load(raw["safetensors"])
-        item = {"features": {name: tensors[name] for name in NAMES}, "is_variant": info["is_variant"]}
+        item = {"features": {name: tensors[name] for name in NAMES}, "is_variant": info["is_variant"],
+                **({"gamma": info["gamma"]} if "gamma" in info else {})}
         if self.loss_masks:
             item["loss_mask"] = to_tensor(tensors["loss_mask"].numpy()) if "loss_mask" in tensors else \
                 torch.ones(self.resolution, self.resolution)
@@ -142,7 +143,7 @@ def write_features(config, base, flexip_config, out, samples_per_shard=1000, pro
                 tensors["loss_mask"] = (item["loss_mask"] * 255).round().to(torch.uint8)
                 loss_masks += 1
             info = {"index": index, "is_variant": sample.is_variant, "modality": sample.modality,
-                    "caption": sample.caption}
+                    "caption": sample.caption, **({"gamma": sample.gamma} if sample.gamma is not None else {})}
             series[kind_of(sample)].write({"__key__": f"{index:09d}", "json": json.dumps(info).encode(),
                                            "safetensors": save(tensors)})
         written += len(pending)

@@ -40,6 +40,7 @@ class Batch:
     dino: torch.Tensor          # [B, M, dino_dim]
     is_variant: torch.Tensor    # [B] bool
     loss_mask: torch.Tensor | None = None  # [B, H, W] the targets' subject masks (pixels), when the loss weighs them
+    gamma: torch.Tensor | None = None  # [B] the samples' own gammas (manifest "gamma"), NaN where the gate decides
 
 
 def encode_items(base, items, cache):
@@ -56,8 +57,10 @@ def encode_items(base, items, cache):
                 cache.put(items[i]["index"], fresh)
     device = base.device
     loss_mask = torch.stack([item["loss_mask"] for item in items]).to(device) if "loss_mask" in items[0] else None
+    gamma = torch.tensor([float(item.get("gamma", "nan")) for item in items], device=device) \
+        if any("gamma" in item for item in items) else None
     return Batch(*(torch.stack([f[name] for f in features]).to(device) for name in ("latents", "text", "clip", "dino")),
-                 torch.tensor([bool(item["is_variant"]) for item in items], device=device), loss_mask)
+                 torch.tensor([bool(item["is_variant"]) for item in items], device=device), loss_mask, gamma)
 
 
 class Trainer:
@@ -181,6 +184,8 @@ class Trainer:
         noisy, sigma = self.base.add_noise(batch.latents, timesteps, noise)
         with self.accelerator.autocast():
             kv, gamma = self.conditioner(clip, dino, text, batch.is_variant, gamma)
+            if batch.gamma is not None:  # a sample's own gamma wins, and teaches the gate nothing
+                gamma = torch.where(torch.isnan(batch.gamma), gamma, batch.gamma.to(gamma.dtype))
             x0_pred = self.base.denoise(noisy, sigma, text, training_patches(kv, gamma, self.base.attention))
         weight = None if batch.loss_mask is None else subject_loss_weight(
             batch.loss_mask, batch.latents.shape[-2:], self.config.loss.subject_weight)

@@ -22,6 +22,10 @@ A line (fields other than these are refused, so a misspelt one is caught):
   loss weighs the subject's pixels that many times the rest (flexip_core.training.subject_loss_weight).
 - frames: video only, [reference frame, target frame] counted from 0 in decoding order (for a frame
   folder: in the order of the numbers in the file names); left out, the dataset draws a random pair.
+- gamma: optional, a number in [0, 1]: the gate value this sample trains at, instead of the gate's
+  (alpha, 1 - beta, or a sampled one). 0 trains the personalization branch alone: for an edit pair
+  whose caption contradicts the reference, so that the preservation branch never learns to drop
+  what the reference shows.
 
 Paths are relative to the manifest's folder (absolute ones are allowed); read_manifest resolves
 them. Reading is cheap (no decoding): a bad line or a missing file becomes a Problem, never an error;
@@ -35,7 +39,7 @@ from pathlib import Path
 
 MODALITIES = ("image", "video", "multiview")
 VARIANT_MODALITIES = ("video", "multiview")
-FIELDS = ("modality", "references", "target", "caption", "mask", "loss_mask", "frames")
+FIELDS = ("modality", "references", "target", "caption", "mask", "loss_mask", "frames", "gamma")
 # Video frame pairs (our choice; the paper does not say): frames at least MIN_GAP apart so the
 # pair shows a change, at most MAX_GAP (about a second at 30 fps) so it shows the same subject.
 MIN_GAP = 4
@@ -51,6 +55,7 @@ class Sample:
     mask: str | None = None
     frames: tuple[int, int] | None = None
     loss_mask: str | None = None
+    gamma: float | None = None
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -76,6 +81,9 @@ class Sample:
                 raise ValueError("a video sample's mask is of one frame: give the frames too")
             if self.loss_mask is not None and self.frames is None:
                 raise ValueError("a video sample's loss_mask is of its target frame: give the frames too")
+        if self.gamma is not None and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))
+                                       or not 0 <= self.gamma <= 1):
+            raise ValueError(f"gamma must be a number from 0 to 1, got {self.gamma!r}")
         if self.frames is not None:
             if self.modality != "video":
                 raise ValueError(f"frames are for video samples, not {self.modality}")
@@ -175,7 +183,7 @@ def _sample_from_record(record, base):
         frames = tuple(frames)
     return Sample(modality=modality, references=references, target=target, caption=caption,
                   mask=None if mask is None else _resolve(mask, base), frames=frames,
-                  loss_mask=None if loss_mask is None else _resolve(loss_mask, base))
+                  loss_mask=None if loss_mask is None else _resolve(loss_mask, base), gamma=record.get("gamma"))
 
 
 def read_manifest(path):
@@ -238,6 +246,8 @@ def sample_to_record(sample, base):
         record["loss_mask"] = _portable(sample.loss_mask, base)
     if sample.frames is not None:
         record["frames"] = list(sample.frames)
+    if sample.gamma is not None:
+        record["gamma"] = sample.gamma
     return record
 
 

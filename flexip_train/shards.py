@@ -70,7 +70,7 @@ def read_shard_sample(raw):
     """A sample as WebDataset reads it ({"__key__", "json", extension: bytes}) -> (Sample whose paths are
     member names, {name: bytes or [frame bytes]}, its JSON)."""
     info = json.loads(raw["json"])
-    record = {k: info[k] for k in ("modality", "caption", "frames", *PATH_FIELDS) if info.get(k) is not None}
+    record = {k: info[k] for k in ("modality", "caption", "frames", "gamma", *PATH_FIELDS) if info.get(k) is not None}
     sample = sample_from_record(record, "")
     files = {name: raw[name] for name in dict.fromkeys(sample.paths()) if name not in info["frame_lists"]}
     files.update({name: [raw[frame] for frame in frames] for name, frames in info["frame_lists"].items()})
@@ -174,6 +174,7 @@ def write_shards(manifests, out, samples_per_shard=1000, check=True, progress=Tr
             members, fields, frame_lists = sample_members(sample)
             info = {"modality": sample.modality, "caption": sample.caption, **fields,
                     **({"frames": list(sample.frames)} if sample.frames else {}),
+                    **({"gamma": sample.gamma} if sample.gamma is not None else {}),
                     "frame_lists": frame_lists, "frame_total": frame_total, "index": written,
                     "source": sample_to_record(sample, base)}
             series[kind_of(sample)].write({"__key__": f"{written:09d}", "json": json.dumps(info).encode(),

@@ -148,7 +148,8 @@ def variant_manifests(folder, variant, out):
     contradicts the picture, which is its own reference and target: the conflict gamma 1 must win),
     and multi-view targets recoloured (variant.recoloured_views: that share of the pairs whose caption
     names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
-    under `out`, and a caption that names it: the conflict gamma 0 must win).
+    under `out`, a caption that names it and, if variant.recoloured_gamma is set, that gamma as the
+    sample's own: the conflict gamma 0 must win).
     -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
@@ -182,7 +183,8 @@ def variant_manifests(folder, variant, out):
         target = out / "recoloured" / Path(relative(sample.target)).parent.name / f"{Path(sample.target).stem}-{colour}.png"
         if not target.is_file():
             world.save_png(renderer.render([new.id], [scene])[0], target)
-        return dataclasses.replace(sample, target=str(target), caption=world.caption(new, world.Scene.from_id(scene)))
+        return dataclasses.replace(sample, target=str(target), caption=world.caption(new, world.Scene.from_id(scene)),
+                                   gamma=variant.recoloured_gamma)
 
     written = []
     for manifest in manifests:

@@ -53,7 +53,8 @@ class Variant:
     text_on_images, image_timesteps: flexip_train's dropout.text_on_images and loss.image_timesteps.
     recoloured_views: the share of the multi-view samples whose caption names the body colour that show
     their target in another colour, which the caption names (data.recoloured_view): the colour conflict
-    taught on training subjects, at the multi-view samples' gamma (beyond the paper)."""
+    taught on training subjects, at the multi-view samples' gamma (beyond the paper). recoloured_gamma: the
+    gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's)."""
     name: str
     gate: dict
     image_captions: str = "own"
@@ -61,6 +62,7 @@ class Variant:
     text_on_images: float = 0.0
     image_timesteps: float = 1.0
     recoloured_views: float = 0.0
+    recoloured_gamma: float | None = None
     description: str = ""
 
     def facts(self):

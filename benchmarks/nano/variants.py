@@ -36,4 +36,7 @@ VARIANTS = {v.name: v for v in (
     Variant("subject-recolour-fixed", {"mode": "fixed", "alpha": 0.9, "beta": 0.9}, references="subject",
             recoloured_views=0.5, description="subject-recolour with the gate fixed at alpha = beta = 0.9, so that "
             "the recoloured views train S (weight 0.9) far more than P (0.1)"),
+    Variant("subject-recolour-s", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
+            description="subject-recolour with the recoloured views trained at gamma 0 (their own gamma in the "
+            "manifest), so that they teach S alone and P never learns to drop the reference's colour"),
 )}

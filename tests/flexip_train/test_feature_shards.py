@@ -115,14 +115,21 @@ def test_features_of_a_shard_set_keep_its_shards_and_are_its_round_0_samples_enc
 
 
 def test_features_of_manifests_keep_the_dataset_numbering_and_the_loss_masks(tmp_path):
-    """Loss masks beside the image samples only: they come back exact, the others as ones; a run
-    weighing them trains from the features without encoding."""
+    """Loss masks beside the image samples only: they come back exact, the others as ones; two
+    variant samples' own gammas come back with them; a run weighing the masks trains from the
+    features without encoding."""
+    import dataclasses
+
+    from flexip_train.manifest import read_manifest, write_manifest
     folder = tmp_path / "masked"
     write_data(folder)
     for picture in (folder / "images").glob("*.png"):
         with Image.open(picture) as image:
             write_mask(picture.with_name(picture.stem + ".loss.mask.png"), image.size)
     manifests = write_manifests(folder)
+    variant = next(m for m in manifests if all(s.is_variant for s in read_manifest(m)[0]))
+    samples = read_manifest(variant)[0]
+    write_manifest([dataclasses.replace(s, gamma=0.0) if i < 2 else s for i, s in enumerate(samples)], variant)
     config = tiny_config(tmp_path / "run", manifests, data={"batch_size": 3}, loss={"subject_weight": 3.0})
     base, flexip_config = make_tiny_base(0)
     index, problems = write_features(config, base, flexip_config, tmp_path / "features", samples_per_shard=3,
@@ -139,6 +146,8 @@ def test_features_of_manifests_keep_the_dataset_numbering_and_the_loss_masks(tmp
     for i, got in features.items():
         assert all(torch.equal(got["features"][name], expected[i][name]) for name in NAMES), i
         assert got["loss_mask"].dtype == torch.float32 and torch.equal(got["loss_mask"], items[i]["loss_mask"]), i
+        assert got.get("gamma") == items[i].get("gamma"), i
+    assert sum("gamma" in f for f in features.values()) == 2
     assert sum(not torch.equal(f["loss_mask"], torch.ones(SIDE, SIDE)) for f in features.values()) == 8
 
     trainer = make_trainer(tiny_config(tmp_path / "run", manifests, run={"max_steps": 2},

@@ -166,6 +166,40 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     assert facts["gate_mode"] == "sampled" and facts["variant"] == "x"
 
 
+def test_a_samples_own_gamma_wins_over_the_gate_and_teaches_it_nothing(manifests, tmp_path):
+    """Items with a manifest "gamma" train at it (the loss equals one computed with those gammas given
+    explicitly); the others at the learned gate's; a batch whose every sample has its own gamma
+    gives the gate no gradient."""
+    from flexip_core.training import epsilon_loss, training_patches
+    from flexip_train.loop import encode_items
+    trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4},
+                                       dropout={"text": 0.0, "image": 0.0, "both": 0.0}))
+    (_, micro) = next(trainer.steps(None))
+    (items, keys), = micro
+    assert encode_items(trainer.base, items, None).gamma is None  # no sample has one
+    own = [0.0, None, 0.7, None]
+    items = [{**item, "gamma": g} if g is not None else item for item, g in zip(items, own)]
+    batch = encode_items(trainer.base, items, None)
+    assert torch.equal(torch.isnan(batch.gamma), torch.tensor([g is None for g in own]))
+    _, timesteps, noise, _ = trainer.draws(keys, batch.latents.shape[1:])
+    noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
+    gate = trainer.flexip.gate(batch.is_variant)
+    expected = torch.tensor([gate[i].item() if g is None else g for i, g in enumerate(own)])
+
+    def loss_at(g):
+        kv, _ = trainer.conditioner(batch.clip, batch.dino, batch.text, batch.is_variant, g)
+        x0 = trainer.base.denoise(noisy, sigma, batch.text, training_patches(kv, g, trainer.base.attention))
+        return epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
+
+    with torch.no_grad():
+        assert trainer.loss(batch, keys).item() == loss_at(expected).item()
+        assert trainer.loss(batch, keys).item() != loss_at(gate).item()
+    batch.gamma = torch.tensor([0.0, 1.0, 0.5, 0.2])
+    trainer.loss(batch, keys).backward()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.flexip.gate.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in trainer.conditioner.parameters())
+
+
 def test_image_samples_timestep_split_and_text_dropout(manifests, tmp_path):
     """loss.image_timesteps 0.5 and dropout.text_on_images 1: image samples train at half their drawn
     timestep (the low-noise half) with the empty prompt; variant samples keep their timestep and

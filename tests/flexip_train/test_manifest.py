@@ -38,6 +38,25 @@ def test_sample_rules():
         Sample("video", ("v.mp4",), "v.mp4", "c", loss_mask="m.png")
     with pytest.raises(ValueError, match="loss_mask must be a path"):
         Sample("image", ("a.png",), "a.png", "c", loss_mask="")
+    assert [Sample("multiview", ("0.png",), "1.png", "c", gamma=g).gamma for g in (0, 0.25, 1.0)] == [0, 0.25, 1.0]
+    for bad in (-0.1, 1.5, True, "0", float("nan")):
+        with pytest.raises(ValueError, match="gamma must be a number from 0 to 1"):
+            Sample("multiview", ("0.png",), "1.png", "c", gamma=bad)
+
+
+def test_a_samples_own_gamma_round_trips_and_a_bad_one_is_a_problem(tmp_path):
+    picture = write_image(tmp_path / "a.png")
+    samples = [Sample("multiview", (str(picture),), str(picture), "an edit pair", gamma=0.0),
+               Sample("image", (str(picture),), str(picture), "the gate's gamma")]
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(samples, manifest)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert records[0]["gamma"] == 0.0 and "gamma" not in records[1]
+    assert read_manifest(manifest) == (samples, [])
+    records[1]["gamma"] = 2
+    manifest.write_text("\n".join(map(json.dumps, records)) + "\n")
+    read, problems = read_manifest(manifest)
+    assert read == samples[:1] and len(problems) == 1 and "gamma must be a number from 0 to 1" in problems[0].detail
 
 
 def test_loss_mask_round_trip_and_missing_file(tmp_path):

@@ -41,7 +41,8 @@ def shard_set(manifests, out, per_shard):
 def every_modality(tmp_path_factory, image_folder, video_folder, multiview_folder):
     """Manifests of the builders' folders (images with a mask, an MP4, an MKV, a frame folder,
     multi-view sets with a mask) plus the fields the builders never write: a loss mask, several
-    references, a video with fixed frames and both masks; and one undecodable image line."""
+    references (with a sample's own gamma), a video with fixed frames and both masks; and one
+    undecodable image line."""
     root = tmp_path_factory.mktemp("every_modality")
     manifests = []
     for name, build, (folder, _, _) in (("images", images_manifest, image_folder),
@@ -59,7 +60,7 @@ def every_modality(tmp_path_factory, image_folder, video_folder, multiview_folde
     write_mask(extra / "frame.loss.png", (64, 64))
     (extra / "broken.png").write_bytes(b"not a picture")
     samples = [Sample("image", (str(picture),), str(picture), "a toy with a loss mask", loss_mask=str(extra / "toy.loss.png")),
-               Sample("multiview", (str(picture), str(second)), str(second), "two references of a toy"),
+               Sample("multiview", (str(picture), str(second)), str(second), "two references of a toy", gamma=0.0),
                Sample("video", (str(clip),), str(clip), "a clip with fixed frames", mask=str(extra / "frame.mask.png"),
                       frames=(1, 6), loss_mask=str(extra / "frame.loss.png")),
                Sample("image", (str(extra / "broken.png"),), str(extra / "broken.png"), "an undecodable picture")]
@@ -93,7 +94,8 @@ def test_shards_round_trip_every_manifest_modality(every_modality, tmp_path, cap
         sample, files, meta = read_shard_sample(raw)
         original = originals[json.dumps(meta["source"], sort_keys=True)]
         seen.append(meta["index"])
-        assert (sample.modality, sample.caption, sample.frames) == (original.modality, original.caption, original.frames)
+        assert (sample.modality, sample.caption, sample.frames, sample.gamma) == \
+            (original.modality, original.caption, original.frames, original.gamma)
         assert raw["__url__"].split("/")[-1].startswith("variant" if original.is_variant else "invariant")
         for shard_path, path in zip((*sample.references, sample.target, sample.mask, sample.loss_mask),
                                     (*original.references, original.target, original.mask, original.loss_mask)):

@@ -140,3 +140,9 @@ def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tm
     assert 0.4 < recoloured / naming < 0.6, (recoloured, naming)
     again = data.variant_manifests(tmp_path, variant, tmp_path / "again")  # fixed per pair
     assert [s.caption for s in read_manifest(again[1])[0]] == [s.caption for s in read_manifest(changed[1])[0]]
+    assert all(s.gamma is None for s in read_manifest(changed[1])[0])  # the gate's gamma
+    # subject-recolour-s: the same samples, the recoloured ones (only) at their own gamma 0
+    alone = data.variant_manifests(tmp_path, VARIANTS["subject-recolour-s"], tmp_path / "alone")
+    for with_gate, own in zip(read_manifest(changed[1])[0], read_manifest(alone[1])[0]):
+        recoloured = "/recoloured/" in with_gate.target
+        assert own.caption == with_gate.caption and own.gamma == (0.0 if recoloured else None)
