@@ -18,9 +18,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Slack, stated once, on the claim's metric (scoring.py). The CI-sized run of the default variant (subject)
-# measured: identity 0.257 -> 0.410 from gamma 0 to 1 (one s.e. about 0.04), Spearman 1.0 on the seed-mean
-# curve, identity jump 1.5; prompt 0.882 -> 0.819, and 0.882 at gamma 0 against the base model's 0.854.
+# Slack, stated once, on the claim's metric (scoring.py). The CI-sized run of the default variant
+# (subject-recolour-s since 2026-12-07; calibrated k = 3.5) measured: identity (colour, pattern, mark)
+# 0.201 -> 0.403 from gamma 0 to 1 (one s.e. about 0.04), Spearman 1.0 on the seed-mean curve, identity jump
+# 1.86; prompt 0.882 -> 0.826, and 0.882 at gamma 0 against the base model's 0.868. The previous default
+# (subject) measured identity 0.257 -> 0.410, jump 1.5, prompt 0.882 -> 0.819 (base 0.854).
 # Identity here counts every subject attribute the prompt does not name (colour, pattern, mark), drawable or
 # not: at this size the drawability is measured on 48 pictures, and on 2026-12-07 (another CPU) the mark, the
 # attribute the preservation branch carries (0.125 -> 0.583), came out at 35 of 48 against the 36 the 0.75
