@@ -198,259 +198,333 @@ class UNetTimer:
 
 # --- the benchmark -----------------------------------------------------------------------------
 
+class Host:
+    """What every measurement needs: torch, ComfyUI's modules, the pack's nodes and modules, the device."""
+
+    def __init__(self, args):
+        self.args = args
+        self.torch, self.comfy, self.folder_paths = import_host(args.threads)
+        self.nodes = import_pack().NODE_CLASS_MAPPINGS
+        self.apply_mod = sys.modules[f"{PACKAGE}.nodes.apply"]
+        self.patch_mod = sys.modules[f"{PACKAGE}.flexip_core.patch"]
+        self.device = self.comfy.model_management.get_torch_device()
+        self.cuda = self.device.type == "cuda"
+        self.clock = Clock(self.torch, self.device)
+
+
+def encode_reference(host, files, rows):
+    """FlexIPLoader, then ReferenceEncoder on one 512x512 image with the encoders as CLIPVisionLoader
+    loads them, and each encoder alone; the encoders are unloaded after. -> (flexip, reference,
+    the peak RSS while the encoders were loaded, MiB)."""
+    args, comfy, clock, nodes = host.args, host.comfy, host.clock, host.nodes
+    (flexip,), t_load = clock(nodes["FlexIPLoader"]().load, files["flexip"].name)
+    rows.append(("load", "FlexIPLoader.load", f"{t_load:.2f} s"))
+
+    clip_vision = comfy.clip_vision.load(str(files["clip_vit_h"]))
+    dino = comfy.clip_vision.load(str(files["dinov2"]))
+    g = host.torch.Generator().manual_seed(args.seed)
+    image = host.torch.rand(1, 512, 512, 3, generator=g)  # ComfyUI IMAGE: [B, H, W, C] in [0, 1]
+    encoder = nodes["FlexIPReferenceEncoder"]()
+    ref_times = []
+    for _ in range(1 + args.ref_runs):  # the first run loads the encoders onto the device
+        (reference,), dt = clock(encoder.encode, flexip, image, clip_vision, dino, "center", "average")
+        ref_times.append(dt)
+    rows.append(("reference", "ReferenceEncoder.encode, first run", f"{ref_times[0]:.2f} s"))
+    rows.append(("reference", f"ReferenceEncoder.encode, median of {args.ref_runs}",
+                 f"{median(ref_times[1:]):.2f} s (+/- {spread(ref_times[1:]):.2f})"))
+    # The two encoders alone, as the node runs them (to split the node's time).
+    from importlib import import_module
+    ref_mod = import_module(f"{PACKAGE}.nodes.reference")
+    pre = import_module(f"{PACKAGE}.flexip_core.preprocess")
+    enc = import_module(f"{PACKAGE}.flexip_core.encoders")
+    for name, cv, fn, spec in (("CLIP ViT-H 224 px", clip_vision, enc.comfy_clip_embeds, flexip.config.clip),
+                               ("DINOv2-L 224 px", dino, enc.comfy_dino_patches, flexip.config.dino)):
+        pixels = pre.preprocess_reference(image, spec, "center", None)
+        ts = [clock(ref_mod.run_encoder, cv, fn, spec, pixels)[1] for _ in range(args.ref_runs)]
+        rows.append(("reference", f"  of which {name}, median", f"{median(ts):.2f} s"))
+    hwm_encoders = rss_mib("VmHWM")
+    comfy.model_management.unload_all_models()
+    del clip_vision, dino
+    comfy.model_management.cleanup_models()
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+    return flexip, reference, hwm_encoders
+
+
+def load_checkpoint(host, files, rows):
+    """CheckpointLoaderSimple and CLIPTextEncode equivalents -> (model, positive, negative)."""
+    comfy, folder_paths = host.comfy, host.folder_paths
+    (model, clip, _vae, _), t_ckpt = host.clock(comfy.sd.load_checkpoint_guess_config, str(files["checkpoints"]),
+                                                output_vae=True, output_clip=True,
+                                                embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    rows.append(("load", "load_checkpoint_guess_config (SD1.5)", f"{t_ckpt:.2f} s"))
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE))
+    del clip, _vae
+    gc.collect()
+    return model, positive, negative
+
+
+def run_adapters(host, flexip, reference, positive, negative, rows):
+    """The Preservation and Personalization Adapter nodes, timed -> (P, S)."""
+    nodes, clock, runs = host.nodes, host.clock, host.args.ref_runs
+    pres, pers = nodes["FlexIPPreservationAdapter"](), nodes["FlexIPPersonalizationAdapter"]()
+    tp, ts = [], []
+    for _ in range(1 + runs):
+        (P,), dt = clock(pres.apply, flexip, reference)
+        tp.append(dt)
+        (S,), dt = clock(pers.apply, flexip, reference, positive, negative)
+        ts.append(dt)
+    rows.append(("adapters", f"PreservationAdapter.apply (cond+uncond), median of {runs}",
+                 f"{median(tp[1:]) * 1e3:.0f} ms (first {tp[0] * 1e3:.0f} ms)"))
+    rows.append(("adapters", f"PersonalizationAdapter.apply (cond+uncond), median of {runs}",
+                 f"{median(ts[1:]) * 1e3:.0f} ms (first {ts[0] * 1e3:.0f} ms)"))
+    rows.append(("adapters", "tokens P / S (cond)", f"{tuple(P[0].shape)} / {tuple(S[0].shape)}"))
+    return P, S
+
+
+def patched_models(host, base, flexip, P, S, gammas, variants, rows):
+    """The conditions to time: "off" (the base model, which carries the timer), GatedApply at each gamma
+    and, at the first gamma, each other version of the patch. -> (models by label, {label: variant})."""
+    gapply = host.nodes["FlexIPGatedApply"]()
+    models = {"off": base}
+    for gamma in gammas:
+        (models[f"gamma={gamma:g}"],), dt = host.clock(gapply.apply, base, flexip, P, S, gamma, 1.0, 0.0, 1.0)
+        rows.append(("apply", f"GatedApply.apply gamma={gamma:g} (K/V precompute)", f"{dt * 1e3:.0f} ms"))
+    on = f"gamma={gammas[0]:g}"
+    variant_of = {}
+    for variant in variants:
+        if variant not in VARIANTS:
+            sys.exit(f"--variants: unknown {variant!r}; known: {', '.join(VARIANTS)}")
+        (models[f"{variant} {on}"],) = gapply.apply(base, flexip, P, S, gammas[0], 1.0, 0.0, 1.0)
+        variant_of[f"{variant} {on}"] = variant
+    _, dt = host.clock(models[on].clone)
+    rows.append(("apply", "ModelPatcher.clone() of the patched model", f"{dt * 1e3:.0f} ms"))
+    return models, variant_of
+
+
+class Sampler:
+    """One timed sampler step per call: comfy.sample.sample with 1 euler step, as KSampler runs it, on the
+    model of a condition, with that condition's version of the patch swapped in."""
+
+    def __init__(self, host, models, variant_of, timer, positive, negative):
+        comfy, args = host.comfy, host.args
+        self.host, self.models, self.variant_of, self.timer = host, models, variant_of, timer
+        self.positive, self.negative = positive, negative
+        self.latent = comfy.sample.fix_empty_latent_channels(models["off"],
+                                                             host.torch.zeros(1, 4, args.latent, args.latent))
+        self.noise = comfy.sample.prepare_noise(self.latent, args.seed)
+
+    def __call__(self, label):
+        host = self.host
+        self.timer.label = label
+        with patch_variant(host.patch_mod, self.variant_of.get(label)):
+            out, dt = host.clock(host.comfy.sample.sample, self.models[label], self.noise, 1, 7.5, "euler", "normal",
+                                 self.positive, self.negative, self.latent, denoise=1.0, disable_pbar=True,
+                                 seed=host.args.seed)
+        self.timer.label = None
+        return out, dt
+
+
+def time_rounds(step, timer, labels, args):
+    """Warm-up rounds, then timed ones, the conditions interleaved and their order rotated every round.
+    -> (every output by label, sample()'s wall times by label); the UNet's times are in the timer."""
+    outputs, walls = {}, {k: [] for k in labels}
+    print(f"timing {args.warmup} warm-up + {args.steps} rounds of {labels} at latent {args.latent}x{args.latent} ...",
+          flush=True)
+    for r in range(args.warmup + args.steps):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]  # each condition in each position
+        for label in order:
+            out, dt = step(label)
+            if r < args.warmup:
+                timer.times[label].pop()
+                timer.cpu[label].pop()
+            else:
+                walls[label].append(dt)
+            outputs.setdefault(label, []).append(out)
+        last = {k: (timer.times[k][-1] if r >= args.warmup else float("nan")) for k in labels}
+        print(f"  round {r + 1}{' (warm-up)' if r < args.warmup else ''}: "
+              + ", ".join(f"{k} {v:.2f} s" if v >= 1 else f"{k} {v * 1e3:.1f} ms" for k, v in last.items()), flush=True)
+    return outputs, walls
+
+
+def unet_rows(timer, walls, labels, variant_of, on, rounds):
+    """The UNet forward's medians and ratios, and what apply_model saw. -> (rows, median wall time by label)."""
+    rows = []
+    batches = sorted({(shape, tuple(cu)) for label, shape, cu in timer.calls if label})
+    per_step = {label: sum(1 for c in timer.calls if c[0] == label) / rounds for label in labels}
+    unet = {k: median(v) for k, v in timer.times.items()}
+    cpu = {k: median(v) for k, v in timer.cpu.items()}
+    for k in labels:
+        rows.append(("unet", f"UNet forward {k}", f"wall {unet[k]:.3f} s (+/- {spread(timer.times[k]):.3f}, "
+                                                   f"n={len(timer.times[k])}); CPU {cpu[k]:.3f} s; "
+                                                   f"sample() wall {median(walls[k]):.3f} s"))
+    for k in labels[1:]:
+        paired = median([a / b for a, b in zip(timer.times[k], timer.times["off"])])
+        rows.append(("unet", f"ratio {k} / off", f"wall {unet[k] / unet['off']:.4f} (median of paired ratios "
+                                                f"{paired:.4f}); CPU {cpu[k] / cpu['off']:.4f}; "
+                                                f"sample() wall {median(walls[k]) / median(walls['off']):.4f}"))
+    for label in variant_of:
+        paired = median([a / b for a, b in zip(timer.times[on], timer.times[label])])
+        rows.append(("unet", f"ratio {on} / {label} (the pack's patch / that variant)",
+                     f"wall {unet[on] / unet[label]:.4f} (median of paired ratios {paired:.4f}); "
+                     f"CPU {cpu[on] / cpu[label]:.4f}"))
+    if "gamma=0.5" in unet and "gamma=1" in unet:
+        rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)",
+                     f"wall {unet['gamma=0.5'] / unet['gamma=1']:.4f}; CPU {cpu['gamma=0.5'] / cpu['gamma=1']:.4f}"))
+    rows.append(("unet", "batches apply_model saw (shape, cond_or_uncond)", "; ".join(f"{s} {list(c)}" for s, c in batches)))
+    rows.append(("unet", "apply_model calls per sample() call", ", ".join(f"{k} {v:g}" for k, v in per_step.items())))
+    return rows, unet
+
+
+def check_rows(outputs, labels, variant_of, on):
+    """Same seed gives the same output; FlexIP changes it; how far each variant's output is from the pack's."""
+    same = max(float((o - outputs[k][0]).abs().max()) for k in labels for o in outputs[k])
+    diff = float((outputs[on][0] - outputs["off"][0]).abs().max())
+    rows = [("check", "max |output - first output| within a condition", f"{same:.3g}"),
+            ("check", f"max |output {on} - output off|", f"{diff:.3g}")]
+    for label in variant_of:
+        rows.append(("check", f"max |output {on} - output {label}|",
+                     f"{float((outputs[on][0] - outputs[label][0]).abs().max()):.3g}"))
+    return rows
+
+
+def capture_patch_calls(host, step, on):
+    """The patch calls of one sampler step of condition `on` (not part of the timings): (patch, q, k, v, extra)."""
+    cls = host.apply_mod.GatedAttention
+    orig_call = cls.__call__
+    captured = []
+
+    def capturing_call(self, q, k, v, extra):
+        keep = {n: extra[n] for n in ("n_heads", "cond_or_uncond", "sigmas", "attn_precision") if n in extra}
+        captured.append((self, q.clone(), k.clone(), v.clone(), keep))
+        return orig_call(self, q, k, v, extra)
+
+    cls.__call__ = capturing_call
+    try:
+        step(on)
+    finally:
+        cls.__call__ = orig_call
+    return captured
+
+
+def replay_rows(host, captured, variants, on, unet_off):
+    """Where the patch time goes: the captured calls replayed layer by layer, interleaved: the layer's own
+    attention (what the unpatched model runs) against the patch and each variant. Each call is also replayed
+    with its first 16 query tokens only: then the arithmetic is negligible and the time is the per-call
+    overhead (Python, dispatch, launches), what a launch-bound GPU step pays."""
+    torch, clock, args = host.torch, host.clock, host.args
+    variant_patches = {}  # (variant, id(patch)) -> a copy with its own cache (the variant's own K/V layout)
+    for variant in variants:
+        for patch, *_ in captured:
+            variant_patches[variant, id(patch)] = copy.copy(patch)
+            variant_patches[variant, id(patch)].terms = {}
+    rows = [("patch", f"patch calls in one {on} forward",
+             f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
+             f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})")]
+    optimized_attention = host.apply_mod.optimized_attention
+    for tokens in (None, 16):
+        per = {name: [] for name in ["base", "patch"] + variants}
+        peak = {name: 0 for name in per}
+        for rep in range(args.replay_reps + 1):
+            for i, (patch, q, k, v, ex) in enumerate(captured):
+                q = q if tokens is None else q[:, :tokens]
+                heads, prec = ex["n_heads"], ex.get("attn_precision")
+                runs = [("base", None, lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
+                        ("patch", None, lambda: patch(q, k, v, ex))]
+                runs += [(variant, variant, functools.partial(variant_patches[variant, id(patch)], q, k, v, ex))
+                         for variant in variants]
+                for name, variant, fn in (runs if rep % 2 == 0 else runs[::-1]):
+                    if host.cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                        before = torch.cuda.memory_allocated()
+                    with patch_variant(host.patch_mod, variant):
+                        _, dt = clock(fn)
+                    if host.cuda:
+                        peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
+                    if rep:  # rep 0 warms up
+                        if len(per[name]) <= i:
+                            per[name].append([])
+                        per[name][i].append(dt)
+        layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
+        extra_now = layer_sum["patch"] - layer_sum["base"]
+        what = "" if tokens is None else f" at {tokens} query tokens (per-call overhead)"
+        rows.append(("patch", f"replay of the 16 layers{what}, median of {args.replay_reps} each, summed",
+                     ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in layer_sum.items())))
+        rows.append(("patch", f"FlexIP's added time per UNet forward{what} (patch - base)",
+                     f"{extra_now * 1e3:.2f} ms" + ("" if tokens else f" = {extra_now / unet_off * 100:.2f}% of an off forward")))
+        for variant in variants:
+            extra = layer_sum[variant] - layer_sum["base"]
+            rows.append(("patch", f"  {variant}{what} ({variant} - base)",
+                         f"{extra * 1e3:.2f} ms" + ("" if tokens else f" = {extra / unet_off * 100:.2f}%")))
+        if host.cuda and tokens is None:
+            rows.append(("patch", "largest CUDA memory a single call added (peak - before)",
+                         ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items())))
+    return rows
+
+
+def memory_rows(host, patched, P, S, flexip, hwm_encoders):
+    """FlexIP's K/V in the patches, its tokens and module, and the process's memory."""
+    patches = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    kv = list(walk_tensors([(p.kv_p, p.kv_s, p.terms) for p in patches.values()]))
+    module = getattr(flexip, "module", flexip)  # the loader's output holds the module, or is it
+    rows = [("memory", "K/V in the 16 patches (precomputed + weighted per batch layout)",
+             f"{tensor_bytes(kv) / 2**20:.1f} MiB ({len(kv)} tensors, all devices)"),
+            ("memory", "P + S tokens (node outputs)", f"{tensor_bytes(list(walk_tensors([P, S]))) / 2**20:.2f} MiB"),
+            ("memory", "FlexIP module", f"{module_bytes(module) / 2**20:.0f} MiB (preservation "
+                                        f"{module_bytes(module.preservation) / 2**20:.0f}, personalization "
+                                        f"{module_bytes(module.personalization) / 2**20:.0f}, projections "
+                                        f"{module_bytes(module.projections) / 2**20:.0f}); dtype "
+                                        f"{next(module.parameters()).dtype}"),
+            ("memory", "peak RSS while the encoders were loaded (VmHWM)", f"{hwm_encoders / 1024:.2f} GiB"),
+            ("memory", "RSS now", f"{rss_mib('VmRSS') / 1024:.2f} GiB"),
+            ("memory", "process peak RSS (ru_maxrss)",
+             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")]
+    if host.cuda:
+        rows.append(("memory", "CUDA max allocated", f"{host.torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"))
+    return rows
+
+
 def main():
     args = parse_args()
-    torch, comfy, folder_paths = import_host(args.threads)
-    pack = import_pack()
-    nodes = pack.NODE_CLASS_MAPPINGS
-    apply_mod = sys.modules[f"{PACKAGE}.nodes.apply"]
-    patch_mod = sys.modules[f"{PACKAGE}.flexip_core.patch"]
-    device = comfy.model_management.get_torch_device()
-    clock = Clock(torch, device)
-    files = model_files(folder_paths)
-    rows = []  # (section, item, value)
-    notes = []
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+    host = Host(args)
+    torch, comfy = host.torch, host.comfy
+    files = model_files(host.folder_paths)
+    rows, notes = [], []  # rows: (section, item, value)
+    print(f"device: {host.device} ({torch.cuda.get_device_name(host.device) if host.cuda else 'CPU'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"attention {comfy.ldm.modules.attention.optimized_attention.__name__}, load average {os.getloadavg()[0]:.2f}",
           flush=True)
 
     with torch.inference_mode():  # ComfyUI's executor runs every node under inference_mode
-        # FlexIPLoader
-        (flexip,), t_load = clock(nodes["FlexIPLoader"]().load, files["flexip"].name)
-        rows.append(("load", "FlexIPLoader.load", f"{t_load:.2f} s"))
-
-        # ReferenceEncoder: CLIPVisionLoader-equivalent loads, then encode a 512x512 image.
-        clip_vision = comfy.clip_vision.load(str(files["clip_vit_h"]))
-        dino = comfy.clip_vision.load(str(files["dinov2"]))
-        g = torch.Generator().manual_seed(args.seed)
-        image = torch.rand(1, 512, 512, 3, generator=g)  # ComfyUI IMAGE: [B, H, W, C] in [0, 1]
-        encoder = nodes["FlexIPReferenceEncoder"]()
-        ref_times = []
-        for i in range(1 + args.ref_runs):  # the first run loads the encoders onto the device
-            (reference,), dt = clock(encoder.encode, flexip, image, clip_vision, dino, "center", "average")
-            ref_times.append(dt)
-        rows.append(("reference", "ReferenceEncoder.encode, first run", f"{ref_times[0]:.2f} s"))
-        rows.append(("reference", f"ReferenceEncoder.encode, median of {args.ref_runs}",
-                     f"{median(ref_times[1:]):.2f} s (+/- {spread(ref_times[1:]):.2f})"))
-        # The two encoders alone, as the node runs them (to split the node's time).
-        from importlib import import_module
-        ref_mod = import_module(f"{PACKAGE}.nodes.reference")
-        pre = import_module(f"{PACKAGE}.flexip_core.preprocess")
-        enc = import_module(f"{PACKAGE}.flexip_core.encoders")
-        for name, cv, fn, spec in (("CLIP ViT-H 224 px", clip_vision, enc.comfy_clip_embeds, flexip.config.clip),
-                                   ("DINOv2-L 224 px", dino, enc.comfy_dino_patches, flexip.config.dino)):
-            pixels = pre.preprocess_reference(image, spec, "center", None)
-            ts = [clock(ref_mod.run_encoder, cv, fn, spec, pixels)[1] for _ in range(args.ref_runs)]
-            rows.append(("reference", f"  of which {name}, median", f"{median(ts):.2f} s"))
-        hwm_encoders = rss_mib("VmHWM")
-        comfy.model_management.unload_all_models()
-        del clip_vision, dino
-        comfy.model_management.cleanup_models()
-        gc.collect()
-        comfy.model_management.soft_empty_cache()
-
-        # Checkpoint and prompts (CheckpointLoaderSimple / CLIPTextEncode equivalents).
-        (model, clip, _vae, _), t_ckpt = clock(comfy.sd.load_checkpoint_guess_config, str(files["checkpoints"]),
-                                               output_vae=True, output_clip=True,
-                                               embedding_directory=folder_paths.get_folder_paths("embeddings"))
-        rows.append(("load", "load_checkpoint_guess_config (SD1.5)", f"{t_ckpt:.2f} s"))
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
-        negative = clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE))
-        del clip, _vae
-        gc.collect()
-
-        # Adapters.
-        pres, pers = nodes["FlexIPPreservationAdapter"](), nodes["FlexIPPersonalizationAdapter"]()
-        tp, ts = [], []
-        for i in range(1 + args.ref_runs):
-            (P,), dt = clock(pres.apply, flexip, reference)
-            tp.append(dt)
-            (S,), dt = clock(pers.apply, flexip, reference, positive, negative)
-            ts.append(dt)
-        rows.append(("adapters", f"PreservationAdapter.apply (cond+uncond), median of {args.ref_runs}",
-                     f"{median(tp[1:]) * 1e3:.0f} ms (first {tp[0] * 1e3:.0f} ms)"))
-        rows.append(("adapters", f"PersonalizationAdapter.apply (cond+uncond), median of {args.ref_runs}",
-                     f"{median(ts[1:]) * 1e3:.0f} ms (first {ts[0] * 1e3:.0f} ms)"))
-        rows.append(("adapters", "tokens P / S (cond)", f"{tuple(P[0].shape)} / {tuple(S[0].shape)}"))
+        flexip, reference, hwm_encoders = encode_reference(host, files, rows)
+        model, positive, negative = load_checkpoint(host, files, rows)
+        P, S = run_adapters(host, flexip, reference, positive, negative, rows)
 
         # The models to time: the wrapper goes on the base model; GatedApply's clone keeps it.
-        timer = UNetTimer(clock)
+        timer = UNetTimer(host.clock)
         base = model.clone()
         base.set_model_unet_function_wrapper(timer)
-        gapply = nodes["FlexIPGatedApply"]()
-        models = {"off": base}
         gammas = [float(x) for x in args.gammas.split(",") if x.strip()]
-        for gamma in gammas:
-            (models[f"gamma={gamma:g}"],), dt = clock(gapply.apply, base, flexip, P, S, gamma, 1.0, 0.0, 1.0)
-            rows.append(("apply", f"GatedApply.apply gamma={gamma:g} (K/V precompute)", f"{dt * 1e3:.0f} ms"))
-        on = f"gamma={gammas[0]:g}"
         variants = [v for v in args.variants.split(",") if v.strip()]
-        variant_of = {}  # condition label -> variant name
-        for variant in variants:
-            if variant not in VARIANTS:
-                sys.exit(f"--variants: unknown {variant!r}; known: {', '.join(VARIANTS)}")
-            (models[f"{variant} {on}"],) = gapply.apply(base, flexip, P, S, gammas[0], 1.0, 0.0, 1.0)
-            variant_of[f"{variant} {on}"] = variant
-        patches = models[on].model_options["transformer_options"]["patches_replace"]["attn2"]
-        _, dt = clock(models[on].clone)
-        rows.append(("apply", "ModelPatcher.clone() of the patched model",
-                     f"{dt * 1e3:.0f} ms"))
+        models, variant_of = patched_models(host, base, flexip, P, S, gammas, variants, rows)
+        on = f"gamma={gammas[0]:g}"
 
-        # Sampling, interleaved.
-        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, 4, args.latent, args.latent))
-        noise = comfy.sample.prepare_noise(latent, args.seed)
-
-        def step(label):
-            timer.label = label
-            with patch_variant(patch_mod, variant_of.get(label)):
-                out, dt = clock(comfy.sample.sample, models[label], noise, 1, 7.5, "euler", "normal", positive,
-                                negative, latent, denoise=1.0, disable_pbar=True, seed=args.seed)
-            timer.label = None
-            return out, dt
-
+        step = Sampler(host, models, variant_of, timer, positive, negative)
         labels = list(models)
-        outputs, walls = {}, {k: [] for k in labels}
-        print(f"timing {args.warmup} warm-up + {args.steps} rounds of {labels} at latent {args.latent}x{args.latent} ...",
-              flush=True)
-        for r in range(args.warmup + args.steps):
-            order = labels[r % len(labels):] + labels[:r % len(labels)]  # each condition in each position
-            for label in order:
-                out, dt = step(label)
-                if r < args.warmup:
-                    timer.times[label].pop()
-                    timer.cpu[label].pop()
-                else:
-                    walls[label].append(dt)
-                outputs.setdefault(label, []).append(out)
-            last = {k: (timer.times[k][-1] if r >= args.warmup else float("nan")) for k in labels}
-            print(f"  round {r + 1}{' (warm-up)' if r < args.warmup else ''}: "
-                  + ", ".join(f"{k} {v:.2f} s" if v >= 1 else f"{k} {v * 1e3:.1f} ms"
-                             for k, v in last.items()), flush=True)
-        batches = sorted({(shape, tuple(cu)) for label, shape, cu in timer.calls if label})
-        per_step = {label: sum(1 for c in timer.calls if c[0] == label) / (args.warmup + args.steps) for label in labels}
-
-        unet = {k: median(v) for k, v in timer.times.items()}
-        cpu = {k: median(v) for k, v in timer.cpu.items()}
-        for k in labels:
-            rows.append(("unet", f"UNet forward {k}", f"wall {unet[k]:.3f} s (+/- {spread(timer.times[k]):.3f}, "
-                                                       f"n={len(timer.times[k])}); CPU {cpu[k]:.3f} s; "
-                                                       f"sample() wall {median(walls[k]):.3f} s"))
-        for k in labels[1:]:
-            paired = median([a / b for a, b in zip(timer.times[k], timer.times["off"])])
-            rows.append(("unet", f"ratio {k} / off", f"wall {unet[k] / unet['off']:.4f} (median of paired ratios "
-                                                    f"{paired:.4f}); CPU {cpu[k] / cpu['off']:.4f}; "
-                                                    f"sample() wall {median(walls[k]) / median(walls['off']):.4f}"))
-        for label in variant_of:
-            paired = median([a / b for a, b in zip(timer.times[on], timer.times[label])])
-            rows.append(("unet", f"ratio {on} / {label} (the pack's patch / that variant)",
-                         f"wall {unet[on] / unet[label]:.4f} (median of paired ratios {paired:.4f}); "
-                         f"CPU {cpu[on] / cpu[label]:.4f}"))
-        if "gamma=0.5" in unet and "gamma=1" in unet:
-            rows.append(("unet", "ratio gamma=0.5 / gamma=1 (two branches vs one)",
-                         f"wall {unet['gamma=0.5'] / unet['gamma=1']:.4f}; CPU {cpu['gamma=0.5'] / cpu['gamma=1']:.4f}"))
-        rows.append(("unet", "batches apply_model saw (shape, cond_or_uncond)", "; ".join(f"{s} {list(c)}" for s, c in batches)))
-        rows.append(("unet", "apply_model calls per sample() call", ", ".join(f"{k} {v:g}" for k, v in per_step.items())))
-
-        # Checks: same seed gives the same output; FlexIP changes it; each patch fires once per forward.
-        same = max(float((o - outputs[k][0]).abs().max()) for k in labels for o in outputs[k])
-        diff = float((outputs[on][0] - outputs["off"][0]).abs().max())
-        rows.append(("check", "max |output - first output| within a condition", f"{same:.3g}"))
-        rows.append(("check", f"max |output {on} - output off|", f"{diff:.3g}"))
-        for label in variant_of:
-            rows.append(("check", f"max |output {on} - output {label}|",
-                         f"{float((outputs[on][0] - outputs[label][0]).abs().max()):.3g}"))
-
-        # Where the patch time goes: capture the 16 patch calls of one step (not part of the timings
-        # above), then replay them layer by layer, interleaved: the layer's own attention (what the
-        # unpatched model runs) against the patch.
-        cls = apply_mod.GatedAttention
-        orig_call = cls.__call__
-        captured = []
-
-        def capturing_call(self, q, k, v, extra):
-            keep = {n: extra[n] for n in ("n_heads", "cond_or_uncond", "sigmas", "attn_precision") if n in extra}
-            captured.append((self, q.clone(), k.clone(), v.clone(), keep))
-            return orig_call(self, q, k, v, extra)
-
-        cls.__call__ = capturing_call
-        try:
-            step(on)
-        finally:
-            cls.__call__ = orig_call
-        variant_patches = {}  # (variant, id(patch)) -> a copy with its own cache (the variant's own K/V layout)
-        for variant in variants:
-            for patch, *_ in captured:
-                variant_patches[variant, id(patch)] = copy.copy(patch)
-                variant_patches[variant, id(patch)].terms = {}
-        rows.append(("patch", f"patch calls in one {on} forward",
-                     f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
-                     f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})"))
-        optimized_attention = apply_mod.optimized_attention
-        # Each call is also replayed with its first 16 query tokens only: then the arithmetic is
-        # negligible and the time is the per-call overhead (Python, dispatch, launches), what a
-        # launch-bound GPU step pays.
-        for tokens in (None, 16):
-            per = {name: [] for name in ["base", "patch"] + variants}
-            peak = {name: 0 for name in per}
-            for rep in range(args.replay_reps + 1):
-                for i, (patch, q, k, v, ex) in enumerate(captured):
-                    q = q if tokens is None else q[:, :tokens]
-                    heads, prec = ex["n_heads"], ex.get("attn_precision")
-                    runs = [("base", None, lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
-                            ("patch", None, lambda: patch(q, k, v, ex))]
-                    runs += [(variant, variant, functools.partial(variant_patches[variant, id(patch)], q, k, v, ex))
-                             for variant in variants]
-                    for name, variant, fn in (runs if rep % 2 == 0 else runs[::-1]):
-                        if device.type == "cuda":
-                            torch.cuda.reset_peak_memory_stats()
-                            before = torch.cuda.memory_allocated()
-                        with patch_variant(patch_mod, variant):
-                            _, dt = clock(fn)
-                        if device.type == "cuda":
-                            peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
-                        if rep:  # rep 0 warms up
-                            if len(per[name]) <= i:
-                                per[name].append([])
-                            per[name][i].append(dt)
-            layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
-            extra_now = layer_sum["patch"] - layer_sum["base"]
-            what = "" if tokens is None else f" at {tokens} query tokens (per-call overhead)"
-            rows.append(("patch", f"replay of the 16 layers{what}, median of {args.replay_reps} each, summed",
-                         ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in layer_sum.items())))
-            rows.append(("patch", f"FlexIP's added time per UNet forward{what} (patch - base)",
-                         f"{extra_now * 1e3:.2f} ms" + ("" if tokens else f" = {extra_now / unet['off'] * 100:.2f}% of an off forward")))
-            for variant in variants:
-                extra = layer_sum[variant] - layer_sum["base"]
-                rows.append(("patch", f"  {variant}{what} ({variant} - base)",
-                             f"{extra * 1e3:.2f} ms" + ("" if tokens else f" = {extra / unet['off'] * 100:.2f}%")))
-            if device.type == "cuda" and tokens is None:
-                rows.append(("patch", "largest CUDA memory a single call added (peak - before)",
-                             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items())))
+        outputs, walls = time_rounds(step, timer, labels, args)
+        timed, unet = unet_rows(timer, walls, labels, variant_of, on, args.warmup + args.steps)
+        rows += timed
+        rows += check_rows(outputs, labels, variant_of, on)
+        captured = capture_patch_calls(host, step, on)
+        rows += replay_rows(host, captured, variants, on, unet["off"])
         del captured
         gc.collect()
-
-        # Memory of FlexIP.
-        kv = list(walk_tensors([(p.kv_p, p.kv_s, p.terms) for p in patches.values()]))
-        rows.append(("memory", "K/V in the 16 patches (precomputed + weighted per batch layout)", f"{tensor_bytes(kv) / 2**20:.1f} MiB "
-                                                                                       f"({len(kv)} tensors, all devices)"))
-        rows.append(("memory", "P + S tokens (node outputs)", f"{tensor_bytes(list(walk_tensors([P, S]))) / 2**20:.2f} MiB"))
-        module = getattr(flexip, "module", flexip)  # the loader's output holds the module, or is it
-        rows.append(("memory", "FlexIP module", f"{module_bytes(module) / 2**20:.0f} MiB (preservation "
-                                                f"{module_bytes(module.preservation) / 2**20:.0f}, personalization "
-                                                f"{module_bytes(module.personalization) / 2**20:.0f}, projections "
-                                                f"{module_bytes(module.projections) / 2**20:.0f}); dtype "
-                                                f"{next(module.parameters()).dtype}"))
-        rows.append(("memory", "peak RSS while the encoders were loaded (VmHWM)", f"{hwm_encoders / 1024:.2f} GiB"))
-        rows.append(("memory", "RSS now", f"{rss_mib('VmRSS') / 1024:.2f} GiB"))
-        rows.append(("memory", "process peak RSS (ru_maxrss)",
-                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"))
-        if device.type == "cuda":
-            rows.append(("memory", "CUDA max allocated", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"))
+        rows += memory_rows(host, models[on], P, S, flexip, hwm_encoders)
 
         ratio = unet[on] / unet["off"]
         if args.profile == "yes" or (args.profile == "auto" and ratio > 1.03):
-            notes += profile(torch, device, step, on)
+            notes += profile(torch, host.device, step, on)
 
     print()
     print_table(rows)
