@@ -34,18 +34,18 @@ dispatch, kernel launches) that a launch-bound GPU step pays.
 Run:  .host/venv/bin/python benchmarks/gated_apply.py [--steps 7] [--latent 64] [--threads N]
 """
 import argparse
-import copy
-import functools
 import gc
 import importlib.util
 import os
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from patch_variants import VARIANTS, patch_variant  # this script's folder is on sys.path
+# This script's folder is on sys.path.
+from measuring import Clock, UNetTimer, median, module_bytes, rss_mib, spread, tensor_bytes, walk_tensors
+from patch_replay import capture_patch_calls, replay_rows
+from patch_variants import VARIANTS, patch_variant
 
 REPO = Path(__file__).resolve().parent.parent
 COMFYUI = REPO / ".host" / "ComfyUI"
@@ -110,90 +110,6 @@ def model_files(folder_paths):
     for folder, key in (("checkpoints", "checkpoints"), ("clip_vision", "clip_vit_h"), ("flexip", "flexip")):
         folder_paths.add_model_folder_path(folder, str(files[key].parent))
     return files
-
-
-# --- measuring ---------------------------------------------------------------------------------
-
-def rss_mib(field):
-    """VmRSS (now) or VmHWM (peak so far) of this process, MiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def tensor_bytes(tensors):
-    """Bytes of the distinct storages behind tensors (views and aliases counted once)."""
-    seen, total = set(), 0
-    for t in tensors:
-        key = (t.device, t.untyped_storage().data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-    return total
-
-
-def module_bytes(module):
-    return tensor_bytes(list(module.parameters()) + list(module.buffers()))
-
-
-def walk_tensors(obj):
-    import torch
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from walk_tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from walk_tensors(v)
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs):
-    return (max(xs) - min(xs)) / 2 if len(xs) > 1 else 0.0
-
-
-class Clock:
-    def __init__(self, torch, device):
-        self.torch, self.cuda = torch, device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def __call__(self, fn, *args, **kwargs):
-        self.sync()
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        self.sync()
-        return out, time.perf_counter() - t
-
-
-class UNetTimer:
-    """model_function_wrapper: times BaseModel.apply_model as calc_cond_batch calls it."""
-
-    def __init__(self, clock):
-        self.clock, self.label, self.times, self.cpu, self.calls = clock, None, {}, {}, []
-
-    def __deepcopy__(self, memo):
-        # Every clone shares this timer: ComfyUI 0.3.75's ModelPatcher.clone() deep-copies model_options
-        # (and so calls this); 0.33.0 copies only its dicts and lists and shares the timer by itself.
-        return self
-
-    def __call__(self, apply_model, args):
-        cpu = time.process_time()
-        out, dt = self.clock(apply_model, args["input"], args["timestep"], **args["c"])
-        cpu = time.process_time() - cpu  # all threads of this process: less sensitive to other load
-        self.calls.append((self.label, tuple(args["input"].shape), list(args["cond_or_uncond"])))
-        if self.label is not None:
-            self.times.setdefault(self.label, []).append(dt)
-            self.cpu.setdefault(self.label, []).append(cpu)
-        return out
 
 
 # --- the benchmark -----------------------------------------------------------------------------
@@ -386,80 +302,6 @@ def check_rows(outputs, labels, variant_of, on):
     for label in variant_of:
         rows.append(("check", f"max |output {on} - output {label}|",
                      f"{float((outputs[on][0] - outputs[label][0]).abs().max()):.3g}"))
-    return rows
-
-
-def capture_patch_calls(host, step, on):
-    """The patch calls of one sampler step of condition `on` (not part of the timings): (patch, q, k, v, extra)."""
-    cls = host.apply_mod.GatedAttention
-    orig_call = cls.__call__
-    captured = []
-
-    def capturing_call(self, q, k, v, extra):
-        keep = {n: extra[n] for n in ("n_heads", "cond_or_uncond", "sigmas", "attn_precision") if n in extra}
-        captured.append((self, q.clone(), k.clone(), v.clone(), keep))
-        return orig_call(self, q, k, v, extra)
-
-    cls.__call__ = capturing_call
-    try:
-        step(on)
-    finally:
-        cls.__call__ = orig_call
-    return captured
-
-
-def replay_rows(host, captured, variants, on, unet_off):
-    """Where the patch time goes: the captured calls replayed layer by layer, interleaved: the layer's own
-    attention (what the unpatched model runs) against the patch and each variant. Each call is also replayed
-    with its first 16 query tokens only: then the arithmetic is negligible and the time is the per-call
-    overhead (Python, dispatch, launches), what a launch-bound GPU step pays."""
-    torch, clock, args = host.torch, host.clock, host.args
-    variant_patches = {}  # (variant, id(patch)) -> a copy with its own cache (the variant's own K/V layout)
-    for variant in variants:
-        for patch, *_ in captured:
-            variant_patches[variant, id(patch)] = copy.copy(patch)
-            variant_patches[variant, id(patch)].terms = {}
-    rows = [("patch", f"patch calls in one {on} forward",
-             f"{len(captured)} (distinct layers {len({c[0].key for c in captured})}, "
-             f"chunks {sorted({tuple(c[4]['cond_or_uncond']) for c in captured})})")]
-    optimized_attention = host.apply_mod.optimized_attention
-    for tokens in (None, 16):
-        per = {name: [] for name in ["base", "patch"] + variants}
-        peak = {name: 0 for name in per}
-        for rep in range(args.replay_reps + 1):
-            for i, (patch, q, k, v, ex) in enumerate(captured):
-                q = q if tokens is None else q[:, :tokens]
-                heads, prec = ex["n_heads"], ex.get("attn_precision")
-                runs = [("base", None, lambda: optimized_attention(q, k, v, heads, attn_precision=prec)),
-                        ("patch", None, lambda: patch(q, k, v, ex))]
-                runs += [(variant, variant, functools.partial(variant_patches[variant, id(patch)], q, k, v, ex))
-                         for variant in variants]
-                for name, variant, fn in (runs if rep % 2 == 0 else runs[::-1]):
-                    if host.cuda:
-                        torch.cuda.reset_peak_memory_stats()
-                        before = torch.cuda.memory_allocated()
-                    with patch_variant(host.patch_mod, variant):
-                        _, dt = clock(fn)
-                    if host.cuda:
-                        peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
-                    if rep:  # rep 0 warms up
-                        if len(per[name]) <= i:
-                            per[name].append([])
-                        per[name][i].append(dt)
-        layer_sum = {name: sum(median(ts) for ts in v) for name, v in per.items()}
-        extra_now = layer_sum["patch"] - layer_sum["base"]
-        what = "" if tokens is None else f" at {tokens} query tokens (per-call overhead)"
-        rows.append(("patch", f"replay of the 16 layers{what}, median of {args.replay_reps} each, summed",
-                     ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in layer_sum.items())))
-        rows.append(("patch", f"FlexIP's added time per UNet forward{what} (patch - base)",
-                     f"{extra_now * 1e3:.2f} ms" + ("" if tokens else f" = {extra_now / unet_off * 100:.2f}% of an off forward")))
-        for variant in variants:
-            extra = layer_sum[variant] - layer_sum["base"]
-            rows.append(("patch", f"  {variant}{what} ({variant} - base)",
-                         f"{extra * 1e3:.2f} ms" + ("" if tokens else f" = {extra / unet_off * 100:.2f}%")))
-        if host.cuda and tokens is None:
-            rows.append(("patch", "largest CUDA memory a single call added (peak - before)",
-                         ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in peak.items())))
     return rows
 
 

@@ -89,13 +89,12 @@ def view_caption(subject_id, scene_id):
                          names_colour(subject_id, scene_id))
 
 
-def recoloured_view(subject_id, scene_id, reference):
+def recoloured_view(subject_id, scene_id, reference, train):
     """The colour a multi-view pair (reference path, target (subject, scene)) recolours its target to
-    under Variant.recoloured_views: a fixed draw among the other colours whose subject is a training
-    subject (a held-out subject is never drawn), and the fixed uniform draw in [0, 1) that decides
-    whether the pair is recoloured. -> (colour name, draw)."""
+    under Variant.recoloured_views: a fixed draw among the other colours whose subject is in `train`,
+    the training subjects' ids (a held-out subject is never drawn), and the fixed uniform draw in
+    [0, 1) that decides whether the pair is recoloured. -> (colour name, draw)."""
     subject = world.Subject.from_id(subject_id)
-    train = set(world.split()[0])
     others = [c for c in world.COLOURS if c != subject.colour
               and world.Subject(subject.shape, c, subject.pattern, subject.mark).id in train]
     pick = int(_uniform(0, len(others), subject_id, scene_id, reference, "colour"))
@@ -169,13 +168,13 @@ def variant_manifests(folder, variant, out):
     def reference(path):
         return str(folder / "subjects" / relative(path).split("/", 1)[1]) if variant.references == "subject" else path
 
-    renderer = world.Renderer()
+    renderer, train = world.Renderer(), set(world.split()[0])
 
     def recoloured(sample):
         subject, scene = index[relative(sample.target)]
         if sample.modality != "multiview" or not names_colour(subject, scene):
             return sample
-        colour, draw = recoloured_view(subject, scene, relative(sample.references[0]))
+        colour, draw = recoloured_view(subject, scene, relative(sample.references[0]), train)
         if draw >= variant.recoloured_views:
             return sample
         own = world.Subject.from_id(subject)

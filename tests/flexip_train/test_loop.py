@@ -129,6 +129,19 @@ def test_frozen_parts_stay_frozen_and_every_trainable_tensor_learns(manifests, t
     assert trainer.flexip.gate.alpha.item() != alpha and trainer.flexip.gate.beta.item() != beta
 
 
+def loss_at_gammas(trainer, batch, timesteps, noise):
+    """The epsilon loss of a batch at the given per-sample gammas, computed outside Trainer.loss
+    (no dropout: the tests that use it turn dropout off). -> loss(gammas)."""
+    from flexip_core.training import epsilon_loss, training_patches
+    noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
+
+    def loss_at(gammas):
+        kv, _ = trainer.conditioner(batch.clip, batch.dino, batch.text, batch.is_variant, gammas)
+        x0 = trainer.base.denoise(noisy, sigma, batch.text, training_patches(kv, gammas, trainer.base.attention))
+        return epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
+    return loss_at
+
+
 def test_fixed_gate_stays_fixed(manifests, tmp_path):
     trainer = make_trainer(tiny_config(tmp_path, manifests, gate={"mode": "fixed", "alpha": 0.8, "beta": 0.7}))
     trainer.train()
@@ -140,7 +153,6 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     draw (the loss equals one computed with those gammas given explicitly, and differs from the
     learned gate's), the gate stays frozen, and the export records the mode."""
     from flexip_core.gate import sampled_gamma
-    from flexip_core.training import epsilon_loss, training_patches
     from flexip_train.loop import encode_items
     trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4}, gate={"mode": "sampled"},
                                        dropout={"text": 0.0, "image": 0.0, "both": 0.0}))
@@ -151,13 +163,7 @@ def test_sampled_gate_trains_at_the_drawn_gammas(manifests, tmp_path):
     _, timesteps, noise, (gamma_u, _) = trainer.draws(keys, batch.latents.shape[1:])
     gamma = sampled_gamma(gamma_u, batch.is_variant)
     assert 0 < gamma.min() and gamma.max() < 1 and not torch.equal(gamma, trainer.flexip.gate(batch.is_variant))
-    noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
-
-    def loss_at(g):
-        kv, _ = trainer.conditioner(batch.clip, batch.dino, batch.text, batch.is_variant, g)
-        x0 = trainer.base.denoise(noisy, sigma, batch.text, training_patches(kv, g, trainer.base.attention))
-        return epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
-
+    loss_at = loss_at_gammas(trainer, batch, timesteps, noise)
     with torch.no_grad():
         assert trainer.loss(batch, keys).item() == loss_at(gamma).item()
         assert trainer.loss(batch, keys).item() != loss_at(trainer.flexip.gate(batch.is_variant)).item()
@@ -170,7 +176,6 @@ def test_a_samples_own_gamma_wins_over_the_gate_and_teaches_it_nothing(manifests
     """Items with a manifest "gamma" train at it (the loss equals one computed with those gammas given
     explicitly); the others at the learned gate's; a batch whose every sample has its own gamma
     gives the gate no gradient."""
-    from flexip_core.training import epsilon_loss, training_patches
     from flexip_train.loop import encode_items
     trainer = make_trainer(tiny_config(tmp_path, manifests, data={"batch_size": 4},
                                        dropout={"text": 0.0, "image": 0.0, "both": 0.0}))
@@ -182,15 +187,9 @@ def test_a_samples_own_gamma_wins_over_the_gate_and_teaches_it_nothing(manifests
     batch = encode_items(trainer.base, items, None)
     assert torch.equal(torch.isnan(batch.gamma), torch.tensor([g is None for g in own]))
     _, timesteps, noise, _ = trainer.draws(keys, batch.latents.shape[1:])
-    noisy, sigma = trainer.base.add_noise(batch.latents, timesteps, noise)
     gate = trainer.flexip.gate(batch.is_variant)
     expected = torch.tensor([gate[i].item() if g is None else g for i, g in enumerate(own)])
-
-    def loss_at(g):
-        kv, _ = trainer.conditioner(batch.clip, batch.dino, batch.text, batch.is_variant, g)
-        x0 = trainer.base.denoise(noisy, sigma, batch.text, training_patches(kv, g, trainer.base.attention))
-        return epsilon_loss(x0, batch.latents, sigma, trainer.base.v_prediction)
-
+    loss_at = loss_at_gammas(trainer, batch, timesteps, noise)
     with torch.no_grad():
         assert trainer.loss(batch, keys).item() == loss_at(expected).item()
         assert trainer.loss(batch, keys).item() != loss_at(gate).item()
