@@ -148,13 +148,15 @@ def variant_manifests(folder, variant, out):
     and multi-view targets recoloured (variant.recoloured_views: that share of the pairs whose caption
     names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
     under `out`, a caption that names it and, if variant.recoloured_gamma is set, that gamma as the
-    sample's own: the conflict gamma 0 must win).
+    sample's own: the conflict gamma 0 must win), and image samples at their own gamma
+    (variant.image_gamma, if set).
     -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
     folder, out = Path(folder), Path(out)
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
-    if variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views:
+    if (variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views
+            and variant.image_gamma is None):
         return manifests
     index = json.loads((folder / "index.json").read_text())
     views = {}  # subject -> its views' scenes, in order
@@ -197,6 +199,8 @@ def variant_manifests(folder, variant, out):
                 scenes = views[subject]
                 sample = dataclasses.replace(
                     sample, caption=view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)]))
+            if sample.modality == "image" and variant.image_gamma is not None:
+                sample = dataclasses.replace(sample, gamma=variant.image_gamma)
             if variant.recoloured_views:
                 sample = recoloured(sample)
             changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references)))

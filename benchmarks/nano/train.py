@@ -54,7 +54,9 @@ class Variant:
     recoloured_views: the share of the multi-view samples whose caption names the body colour that show
     their target in another colour, which the caption names (data.recoloured_view): the colour conflict
     taught on training subjects, at the multi-view samples' gamma (beyond the paper). recoloured_gamma: the
-    gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's)."""
+    gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's).
+    image_gamma: the gamma every image sample (target = reference) trains at, the same way (None: the
+    gate's alpha)."""
     name: str
     gate: dict
     image_captions: str = "own"
@@ -63,6 +65,7 @@ class Variant:
     image_timesteps: float = 1.0
     recoloured_views: float = 0.0
     recoloured_gamma: float | None = None
+    image_gamma: float | None = None
     description: str = ""
 
     def facts(self):

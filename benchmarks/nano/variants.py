@@ -39,4 +39,10 @@ VARIANTS = {v.name: v for v in (
     Variant("subject-recolour-s", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
             description="subject-recolour with the recoloured views trained at gamma 0 (their own gamma in the "
             "manifest), so that they teach S alone and P never learns to drop the reference's colour"),
+    # Round 6 (benchmarks/README.md, written before its results): identity at gamma 1 on the scene cases.
+    Variant("subject-recolour-ends", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
+            image_gamma=1.0, description="subject-recolour-s with the image samples (target = reference) trained at "
+            "their own gamma 1, so that P alone learns to keep what the reference shows, in the setting gamma 1 "
+            "samples in; each end of the dial is then trained by its own samples and the gate learns only the "
+            "multi-view samples' gamma"),
 )}

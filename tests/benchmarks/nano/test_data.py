@@ -1,5 +1,6 @@
 """The adapters' training data on disk (benchmarks/nano/data.py): captions, subject-only references and
 manifests, the training variants' included."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,3 +147,9 @@ def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tm
     for with_gate, own in zip(read_manifest(changed[1])[0], read_manifest(alone[1])[0]):
         recoloured = "/recoloured/" in with_gate.target
         assert own.caption == with_gate.caption and own.gamma == (0.0 if recoloured else None)
+    # subject-recolour-ends: the same, and every image sample at its own gamma 1
+    ends = data.variant_manifests(tmp_path, VARIANTS["subject-recolour-ends"], tmp_path / "ends")
+    for with_alone, own in zip(read_manifest(alone[1])[0], read_manifest(ends[1])[0]):  # recoloured under its own folder
+        assert dataclasses.replace(own, target=own.target.replace("/ends/", "/alone/")) == with_alone
+    for plain_image, own in zip(read_manifest(plain[0])[0], read_manifest(ends[0])[0]):
+        assert own == dataclasses.replace(plain_image, gamma=1.0)
