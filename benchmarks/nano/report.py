@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from . import plots, scoring, world
-from .summary import (AXES, BASELINE, FLEXIP, LABELS, RECOLOUR_AXES, build_minutes, claim_targets, ranks, rescore,
-                      summarize, summarize_claim, targets)
+from .summary import (AXES, BASELINE, FLEXIP, LABELS, RECOLOUR_AXES, build_minutes, claim_targets, identity_gap,
+                      ranks, rescore, summarize, summarize_claim, targets)
 
 
 def write_report(folder, size, cases, results, facts, cache, drawable, recolour=None):
@@ -23,14 +23,20 @@ def write_report(folder, size, cases, results, facts, cache, drawable, recolour=
     first = summarize(results)
     first["targets"] = targets(first, minutes)
     first["mrank"] = ranks(first)
-    summary = summarize_claim(rescore(results, cases, drawable), results)
+    scores = rescore(results, cases, drawable)
+    summary = summarize_claim(scores, results)
     cpu = facts.get("stage_cpu_seconds", {})
     cpu_minutes = build_minutes(cpu, jobs) if cpu and all(v is not None for v in cpu.values()) else None
     summary.update(targets=claim_targets(summary, minutes, cpu_minutes), mrank=ranks(summary), drawable=drawable,
                    counted=sorted(scoring.counted(drawable)), first_evaluator=first, facts=facts)
+    if BASELINE in scores:
+        summary["identity_gap"] = identity_gap(scores, results[BASELINE]["values"])
     if recolour is not None:
-        recoloured = summarize_claim(rescore(recolour[1], recolour[0], drawable), recolour[1])
+        recoloured_scores = rescore(recolour[1], recolour[0], drawable)
+        recoloured = summarize_claim(recoloured_scores, recolour[1])
         recoloured["targets"] = claim_targets(recoloured, None)
+        if BASELINE in recoloured_scores:
+            recoloured["identity_gap"] = identity_gap(recoloured_scores, recolour[1][BASELINE]["values"])
         summary["recolour"] = recoloured
         plots.controls(recoloured, folder / "recolour_controls.png", RECOLOUR_AXES,
                        "recolour cases: the prompt asks for another body colour than the reference's")
@@ -72,6 +78,16 @@ def _targets_table(rows):
     return lines
 
 
+def _gap_line(summary):
+    """The identity-at-1 target's difference with its paired standard error (summary.identity_gap)."""
+    if "identity_gap" not in summary:
+        return []
+    gap = summary["identity_gap"]
+    return ["", f"FlexIP's identity at gamma 1 minus the baseline's at its best strength ({gap['strength']:g}), paired "
+            f"over the same cases and sampling seeds: {gap['difference']:+.3f} ± {gap['se']:.3f} (one standard error "
+            "of the per-case difference; the strength is chosen on the same pictures, which favours the baseline)."]
+
+
 def _curve_row(label, curve, se=None):
     cells = [_f(v) + (f" ± {_f(e)}" if se is not None else "") for v, e in zip(curve, se or [None] * len(curve))]
     return f"| {label} | " + " | ".join(cells) + " |"
@@ -86,7 +102,7 @@ def recolour_section(recoloured, drawable):
              "shape, the asked colour, background, position, size; **colour copying**: the reference's colour drawn "
              "instead of the asked one. Here gamma has a real conflict to trade. These targets are reported beside "
              "the scene cases'; the default variant is chosen on the scene cases (rule fixed before the results).", ""]
-    lines += _targets_table(recoloured["targets"])
+    lines += _targets_table(recoloured["targets"]) + _gap_line(recoloured)
     lines += ["", "| control | " + " | ".join(f"{v:g}" for v in values) + " |", "|---" * (len(values) + 1) + "|"]
     for method, control in ((FLEXIP, "gamma"), (BASELINE, "strength")):
         if method in recoloured:
@@ -137,7 +153,7 @@ def markdown(summary, size, cases, facts, seconds, minutes):
               "rank, and no difference within one standard error is merged into a tie, so a reversal smaller than "
               "one standard error still counts against Spearman. Reversals larger than one standard error of the "
               "paired per-case step are listed separately.", ""]
-    lines += ["## Targets", ""] + _targets_table(summary["targets"])
+    lines += ["## Targets", ""] + _targets_table(summary["targets"]) + _gap_line(summary)
     lines += ["", "Values: per seed for the Spearman and jump rows; (FlexIP, base) and (FlexIP at gamma 1, the "
               "baseline's best) for the end rows; the baseline strengths whose front point FlexIP misses for the "
               "front row; minutes (stage build times) for the time.", ""]

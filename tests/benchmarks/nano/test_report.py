@@ -71,8 +71,11 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert targets["spearman_identity"]["values"] == [pytest.approx(np.sqrt(3) / 2, abs=1e-4)]
     assert not targets["spearman_identity"]["met"]
     assert summary["first_evaluator"]["targets"]["front"]["met"]
+    # every case pairs FlexIP's identity 1 at gamma 1 with the baseline's 1/3 (its first strength on a tie)
+    assert summary["identity_gap"] == {"difference": pytest.approx(2 / 3), "se": pytest.approx(0.0), "strength": 0.0}
     text = (folder / "report.md").read_text()
     assert "The first evaluator's numbers" in text and "± 0.000" in text
+    assert "baseline's at its best strength (0), paired over the same cases and sampling seeds: +0.667 ± 0.000" in text
     assert targets["time"]["values"] == [1.5] and targets["time_cpu"]["values"] == [1.4]  # adapters side by side
     assert "the build's length from them 1.4 min (two lanes: the encoders beside the base, the baseline beside" in text
     r = summary["recolour"]
@@ -83,6 +86,7 @@ def test_report_on_rendered_sweeps(tmp_path):
     assert r["base"]["identity"] == pytest.approx([0.5]) and r["base"]["prompt"] == pytest.approx([1.0])
     assert r["targets"]["spearman_prompt"]["values"] == [pytest.approx(-np.sqrt(3) / 2, abs=1e-4)]
     assert r["targets"]["identity_at_1"]["met"] and "time" not in r["targets"]
+    assert r["identity_gap"]["difference"] == pytest.approx(0.0) and r["identity_gap"]["se"] == pytest.approx(0.0)
     assert "## Recolour cases: prompts that contradict the reference" in text
     for name in ("controls.png", "front.png", "attributes.png", "smoothness.png", "contact_sheet.png",
                  "recolour_controls.png", "recolour_sweep.png"):

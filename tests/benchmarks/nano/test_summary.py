@@ -1,8 +1,9 @@
-"""The miniature's numbers (benchmarks/nano/summary.py): the front, the reversals and the build's length."""
+"""The miniature's numbers (benchmarks/nano/summary.py): the front, the reversals, the paired identity gap and
+the build's length."""
 import numpy as np
 import pytest
 
-from benchmarks.nano.summary import _reversals, baseline_front, build_minutes, front_covered
+from benchmarks.nano.summary import BASELINE, FLEXIP, _reversals, baseline_front, build_minutes, front_covered, identity_gap
 
 
 def _method(identity, prompt, se=0.01):
@@ -37,3 +38,15 @@ def test_build_minutes_counts_the_two_lanes_side_by_side():
     # the calibrated slider: its two calibration sweeps side by side, the fit after them
     calibrated = {**seconds, "calibration-scene-paper": 60, "calibration-recolour-paper": 75, "slider-paper": 2}
     assert build_minutes(calibrated, jobs=2) == pytest.approx((6 + 1068 + 708 + 75 + 2 + 230 + 18) / 60)
+
+
+def test_identity_gap_pairs_gamma_1_with_the_baselines_best_strength_per_case():
+    # [seeds, values, cases]; the baseline's mean curve peaks at strength 0.5 (0.6 against 0.575 at 1)
+    flexip = np.array([[[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.6, 0.7, 0.2]],
+                       [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.8, 0.5, 0.4]]])
+    baseline = np.array([[[0.1, 0.1, 0.1], [0.7, 0.6, 0.3], [0.5, 0.5, 0.5]],
+                         [[0.1, 0.1, 0.1], [0.9, 0.4, 0.7], [0.7, 0.6, 0.65]]])
+    gap = identity_gap({FLEXIP: {"identity": flexip}, BASELINE: {"identity": baseline}}, [0.0, 0.5, 1.0])
+    per_case = np.array([0.7 - 0.8, 0.6 - 0.5, 0.3 - 0.5])  # FlexIP at gamma 1 minus strength 0.5, seed means
+    assert gap == {"difference": pytest.approx(per_case.mean()), "se": pytest.approx(per_case.std(ddof=1) / 3 ** 0.5),
+                   "strength": 0.5}
