@@ -48,7 +48,7 @@ class Size:
     name: str
     views_per_subject: int      # scenes each training subject is drawn in
     pairs_per_view: int         # multi-view pairs per view
-    encoder_steps: int
+    encoder_steps: int          # the stand-in encoders train beside the base, so up to its length costs no wall time
     encoder_subjects: int       # subjects per contrastive step (two views each)
     base_steps: int
     base_batch: int
@@ -64,7 +64,7 @@ class Size:
 
 
 SIZES = {
-    "full": Size("full", views_per_subject=6, pairs_per_view=2, encoder_steps=400, encoder_subjects=64,
+    "full": Size("full", views_per_subject=6, pairs_per_view=2, encoder_steps=3200, encoder_subjects=64,
                  base_steps=3000, base_batch=32, adapters=Budget(steps=2000, batch=32), baseline=True,
                  eval_subjects=48, cases_per_subject=1, seeds=(0, 1, 2), gammas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                  sampling=Sampling(steps=15, cfg=3.0), recolour=True, calibration_subjects=48),
