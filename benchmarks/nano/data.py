@@ -148,15 +148,15 @@ def variant_manifests(folder, variant, out):
     and multi-view targets recoloured (variant.recoloured_views: that share of the pairs whose caption
     names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
     under `out`, a caption that names it and, if variant.recoloured_gamma is set, that gamma as the
-    sample's own: the conflict gamma 0 must win), and image samples at their own gamma
-    (variant.image_gamma, if set).
+    sample's own: the conflict gamma 0 must win), and image samples and the other multi-view samples at
+    their own gamma (variant.image_gamma, variant.view_gamma, if set).
     -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
     folder, out = Path(folder), Path(out)
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
     if (variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views
-            and variant.image_gamma is None):
+            and variant.image_gamma is None and variant.view_gamma is None):
         return manifests
     index = json.loads((folder / "index.json").read_text())
     views = {}  # subject -> its views' scenes, in order
@@ -199,10 +199,11 @@ def variant_manifests(folder, variant, out):
                 scenes = views[subject]
                 sample = dataclasses.replace(
                     sample, caption=view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)]))
-            if sample.modality == "image" and variant.image_gamma is not None:
-                sample = dataclasses.replace(sample, gamma=variant.image_gamma)
+            own_gamma = variant.image_gamma if sample.modality == "image" else variant.view_gamma
+            if own_gamma is not None:
+                sample = dataclasses.replace(sample, gamma=own_gamma)
             if variant.recoloured_views:
-                sample = recoloured(sample)
+                sample = recoloured(sample)  # a recoloured sample's gamma is variant.recoloured_gamma
             changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references)))
         written.append(Path(out) / manifest.name)
         written[-1].parent.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ class Variant:
     taught on training subjects, at the multi-view samples' gamma (beyond the paper). recoloured_gamma: the
     gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's).
     image_gamma: the gamma every image sample (target = reference) trains at, the same way (None: the
-    gate's alpha)."""
+    gate's alpha); view_gamma: likewise for every multi-view sample that is not recoloured."""
     name: str
     gate: dict
     image_captions: str = "own"
@@ -66,6 +66,7 @@ class Variant:
     recoloured_views: float = 0.0
     recoloured_gamma: float | None = None
     image_gamma: float | None = None
+    view_gamma: float | None = None
     description: str = ""
 
     def facts(self):

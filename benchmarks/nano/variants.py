@@ -45,4 +45,9 @@ VARIANTS = {v.name: v for v in (
             "their own gamma 1, so that P alone learns to keep what the reference shows, in the setting gamma 1 "
             "samples in; each end of the dial is then trained by its own samples and the gate learns only the "
             "multi-view samples' gamma"),
+    # Round 7b (benchmarks/README.md, written before its results): P trained as the baseline is.
+    Variant("subject-recolour-decoupled", FLEXIP_GATE, references="subject", recoloured_views=0.5,
+            recoloured_gamma=0.0, image_gamma=1.0, view_gamma=1.0, description="subject-recolour-s with every sample "
+            "that is not a recoloured edit pair at its own gamma 1: P alone trains on them as the baseline does, S "
+            "alone on the edit pairs (gamma 0); the gate learns nothing"),
 )}

@@ -153,3 +153,10 @@ def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tm
         assert dataclasses.replace(own, target=own.target.replace("/ends/", "/alone/")) == with_alone
     for plain_image, own in zip(read_manifest(plain[0])[0], read_manifest(ends[0])[0]):
         assert own == dataclasses.replace(plain_image, gamma=1.0)
+    # subject-recolour-decoupled: every sample but the recoloured ones at its own gamma 1
+    decoupled = data.variant_manifests(tmp_path, VARIANTS["subject-recolour-decoupled"], tmp_path / "decoupled")
+    assert read_manifest(decoupled[0])[0] == read_manifest(ends[0])[0]
+    for with_alone, own in zip(read_manifest(alone[1])[0], read_manifest(decoupled[1])[0]):
+        recoloured = "/recoloured/" in own.target
+        expected = dataclasses.replace(with_alone, gamma=0.0 if recoloured else 1.0)
+        assert dataclasses.replace(own, target=own.target.replace("/decoupled/", "/alone/")) == expected
