@@ -75,6 +75,16 @@ SIZES = {
 }
 
 
+def sized(name, subject_weight=None, encoder_steps=None):
+    """SIZES[name] with the command line's overrides (None: the size's own)."""
+    size = SIZES[name]
+    if subject_weight is not None:
+        size = dataclasses.replace(size, adapters=dataclasses.replace(size.adapters, subject_weight=subject_weight))
+    if encoder_steps is not None:
+        size = dataclasses.replace(size, encoder_steps=encoder_steps)
+    return size
+
+
 def log(message):
     print(f"[nano] {message}", flush=True)
 
@@ -364,12 +374,7 @@ def main(argv=None):
                         "--cache, as every stage after the encoders is rebuilt")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    size = SIZES[args.size]
-    if args.subject_weight is not None:
-        adapters = dataclasses.replace(size.adapters, subject_weight=args.subject_weight)
-        size = dataclasses.replace(size, adapters=adapters)
-    if args.encoder_steps is not None:
-        size = dataclasses.replace(size, encoder_steps=args.encoder_steps)
+    size = sized(args.size, args.subject_weight, args.encoder_steps)
     cache = Path(args.cache) if args.cache else REPO / ".host" / "nano" / size.name
     report_dir = Path(args.report) if args.report else cache / "report"
     names = list(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
