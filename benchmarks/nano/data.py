@@ -101,6 +101,12 @@ def recoloured_view(subject_id, scene_id, reference, train):
     return others[pick], _uniform(0, 1, subject_id, scene_id, reference, "recolour")
 
 
+def view_branch(subject_id, scene_id, reference):
+    """The gamma a multi-view pair (reference path, target (subject, scene)) trains at under
+    Variant.split_views: 1 (P alone) or 0 (S alone), a fixed fair coin per pair."""
+    return 1.0 if _coin(subject_id, scene_id, reference, "branch") else 0.0
+
+
 def write_training_data(folder, views_per_subject, pairs_per_view, seed=0, progress=True):
     """Every training subject in `views_per_subject` distinct random scenes, written twice: as image
     samples (images/<subject>/<k>.png with <k>.txt and <k>.loss.mask.png) and as one multi-view set
@@ -149,14 +155,14 @@ def variant_manifests(folder, variant, out):
     names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
     under `out`, a caption that names it and, if variant.recoloured_gamma is set, that gamma as the
     sample's own: the conflict gamma 0 must win), and image samples and the other multi-view samples at
-    their own gamma (variant.image_gamma, variant.view_gamma, if set).
+    their own gamma (variant.image_gamma, variant.view_gamma or, with variant.split_views, view_branch()).
     -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
     folder, out = Path(folder), Path(out)
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
     if (variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views
-            and variant.image_gamma is None and variant.view_gamma is None):
+            and variant.image_gamma is None and variant.view_gamma is None and not variant.split_views):
         return manifests
     index = json.loads((folder / "index.json").read_text())
     views = {}  # subject -> its views' scenes, in order
@@ -200,6 +206,8 @@ def variant_manifests(folder, variant, out):
                 sample = dataclasses.replace(
                     sample, caption=view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)]))
             own_gamma = variant.image_gamma if sample.modality == "image" else variant.view_gamma
+            if sample.modality == "multiview" and variant.split_views:
+                own_gamma = view_branch(*index[relative(sample.target)], relative(sample.references[0]))
             if own_gamma is not None:
                 sample = dataclasses.replace(sample, gamma=own_gamma)
             if variant.recoloured_views:

@@ -56,7 +56,9 @@ class Variant:
     taught on training subjects, at the multi-view samples' gamma (beyond the paper). recoloured_gamma: the
     gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's).
     image_gamma: the gamma every image sample (target = reference) trains at, the same way (None: the
-    gate's alpha); view_gamma: likewise for every multi-view sample that is not recoloured."""
+    gate's alpha); view_gamma: likewise for every multi-view sample that is not recoloured. split_views:
+    instead, each such sample trains at its own gamma 1 or 0 by a fixed coin (data.view_branch), so that P
+    and S each learn alone from half of them."""
     name: str
     gate: dict
     image_captions: str = "own"
@@ -67,6 +69,7 @@ class Variant:
     recoloured_gamma: float | None = None
     image_gamma: float | None = None
     view_gamma: float | None = None
+    split_views: bool = False
     description: str = ""
 
     def facts(self):

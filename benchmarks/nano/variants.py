@@ -50,4 +50,9 @@ VARIANTS = {v.name: v for v in (
             recoloured_gamma=0.0, image_gamma=1.0, view_gamma=1.0, description="subject-recolour-s with every sample "
             "that is not a recoloured edit pair at its own gamma 1: P alone trains on them as the baseline does, S "
             "alone on the edit pairs (gamma 0); the gate learns nothing"),
+    # Round 8 (benchmarks/README.md, written before its results): P at full weight without an untrained S.
+    Variant("subject-recolour-split", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
+            image_gamma=1.0, split_views=True, description="subject-recolour-decoupled with each ordinary multi-view "
+            "pair at its own gamma 1 or 0 by a fixed coin: P alone learns from the image samples and half of the "
+            "pairs, S alone from the other half and the edit pairs"),
 )}

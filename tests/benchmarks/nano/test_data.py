@@ -160,3 +160,16 @@ def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tm
         recoloured = "/recoloured/" in own.target
         expected = dataclasses.replace(with_alone, gamma=0.0 if recoloured else 1.0)
         assert dataclasses.replace(own, target=own.target.replace("/decoupled/", "/alone/")) == expected
+    # subject-recolour-split: as decoupled, but each ordinary multi-view pair at 1 or 0 by a fixed coin
+    split = data.variant_manifests(tmp_path, VARIANTS["subject-recolour-split"], tmp_path / "split")
+    assert read_manifest(split[0])[0] == read_manifest(ends[0])[0]
+    branches = []
+    for built, with_alone, own in zip(read_manifest(multiview)[0], read_manifest(alone[1])[0], read_manifest(split[1])[0]):
+        if "/recoloured/" in own.target:
+            assert own.gamma == 0.0
+            continue
+        subject, scene = index[str(Path(own.target).relative_to(tmp_path))]
+        reference = str(Path(built.references[0]).relative_to(tmp_path))  # the view the builders paired
+        assert own == dataclasses.replace(with_alone, gamma=data.view_branch(subject, scene, reference))
+        branches.append(own.gamma)
+    assert 0.4 < sum(branches) / len(branches) < 0.6, sum(branches) / len(branches)
