@@ -222,7 +222,7 @@ def claim_targets(claim, minutes, cpu_minutes=None):
     return {k: {"target": t, "values": [_round(v) for v in values], "met": bool(met)} for k, (t, values, met) in rows.items()}
 
 
-# What --jobs 2 builds side by side (__main__.build()), step by step: (the first lane's stages, the second's).
+# What --jobs 2 builds side by side (pipeline.build()), step by step: (the first lane's stages, the second's).
 # A name ending in "-" stands for every variant's stage of that kind.
 SIDE_BY_SIDE = ((("data", "base"), ("encoders",)), (("flexip-",), ("baseline-",)),
                 (("calibration-scene-",), ("calibration-recolour-",)), (("evaluation-",), ("recolour-",)))
