@@ -75,9 +75,11 @@ SIZES = {
 }
 
 
-def sized(name, subject_weight=None, encoder_steps=None):
+def sized(name, subject_weight=None, encoder_steps=None, adapter_steps=None):
     """SIZES[name] with the command line's overrides (None: the size's own)."""
     size = SIZES[name]
+    if adapter_steps is not None:
+        size = dataclasses.replace(size, adapters=dataclasses.replace(size.adapters, steps=adapter_steps))
     if subject_weight is not None:
         size = dataclasses.replace(size, adapters=dataclasses.replace(size.adapters, subject_weight=subject_weight))
     if encoder_steps is not None:
@@ -163,9 +165,12 @@ def main(argv=None):
                         f"size's, {SIZES['full'].encoder_steps} at full size; issue 15's round 7 used 3200, after "
                         "which the DINOv2 stand-in knows the pattern, benchmarks/README.md); give such a run its own "
                         "--cache, as every stage after the encoders is rebuilt")
+    parser.add_argument("--adapter-steps", type=int, help="FlexIP's and the baseline's training steps, alike "
+                        f"(default: the size's, {SIZES['full'].adapters.steps} at full size); give such a run its own "
+                        "--cache")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    size = sized(args.size, args.subject_weight, args.encoder_steps)
+    size = sized(args.size, args.subject_weight, args.encoder_steps, args.adapter_steps)
     cache = Path(args.cache) if args.cache else REPO / ".host" / "nano" / size.name
     report_dir = Path(args.report) if args.report else cache / "report"
     names = list(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
@@ -184,7 +189,8 @@ def main(argv=None):
         return [sys.executable, "-m", "benchmarks.nano", "--size", args.size, "--variant", name, "--cache", str(cache),
                 "--threads", str(args.threads), "--slider", args.slider, "--second-lane",
                 *(["--subject-weight", str(args.subject_weight)] if args.subject_weight is not None else []),
-                *(["--encoder-steps", str(args.encoder_steps)] if args.encoder_steps is not None else [])]
+                *(["--encoder-steps", str(args.encoder_steps)] if args.encoder_steps is not None else []),
+                *(["--adapter-steps", str(args.adapter_steps)] if args.adapter_steps is not None else [])]
 
     summaries = {report_name(name, args.slider): run_variant(
         size, cache, VARIANTS[name], report_dir / report_name(name, args.slider), args.rebuild, not args.no_progress,

@@ -103,7 +103,7 @@ def recoloured_view(subject_id, scene_id, reference, train):
 
 def view_branch(subject_id, scene_id, reference):
     """The gamma a multi-view pair (reference path, target (subject, scene)) trains at under
-    Variant.split_views: 1 (P alone) or 0 (S alone), a fixed fair coin per pair."""
+    Variant.view_branches "coin": 1 (P alone) or 0 (S alone), a fixed fair coin per pair."""
     return 1.0 if _coin(subject_id, scene_id, reference, "branch") else 0.0
 
 
@@ -155,14 +155,15 @@ def variant_manifests(folder, variant, out):
     names the colour get a target rendered in another colour, recoloured/<subject>/<k>-<colour>.png
     under `out`, a caption that names it and, if variant.recoloured_gamma is set, that gamma as the
     sample's own: the conflict gamma 0 must win), and image samples and the other multi-view samples at
-    their own gamma (variant.image_gamma, variant.view_gamma or, with variant.split_views, view_branch()).
-    -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
+    their own gamma (variant.image_gamma, variant.view_gamma or, with variant.view_branches "coin",
+    view_branch()); with view_branches "both", each multi-view pair twice: as it is at gamma 1, and at gamma
+    0 recoloured as above. -> [images.jsonl, multiview.jsonl], under `out` unless the variant changes nothing."""
     from flexip_train.manifest import read_manifest, write_manifest
 
     folder, out = Path(folder), Path(out)
     manifests = [folder / "images.jsonl", folder / "multiview.jsonl"]
     if (variant.references == "scene" and variant.image_captions == "own" and not variant.recoloured_views
-            and variant.image_gamma is None and variant.view_gamma is None and not variant.split_views):
+            and variant.image_gamma is None and variant.view_gamma is None and variant.view_branches is None):
         return manifests
     index = json.loads((folder / "index.json").read_text())
     views = {}  # subject -> its views' scenes, in order
@@ -205,14 +206,17 @@ def variant_manifests(folder, variant, out):
                 scenes = views[subject]
                 sample = dataclasses.replace(
                     sample, caption=view_caption(subject, scenes[(scenes.index(scene) + 1) % len(scenes)]))
+            copies = [sample]
             own_gamma = variant.image_gamma if sample.modality == "image" else variant.view_gamma
-            if sample.modality == "multiview" and variant.split_views:
+            if sample.modality == "multiview" and variant.view_branches == "coin":
                 own_gamma = view_branch(*index[relative(sample.target)], relative(sample.references[0]))
             if own_gamma is not None:
-                sample = dataclasses.replace(sample, gamma=own_gamma)
-            if variant.recoloured_views:
-                sample = recoloured(sample)  # a recoloured sample's gamma is variant.recoloured_gamma
-            changed.append(dataclasses.replace(sample, references=tuple(reference(r) for r in sample.references)))
+                copies = [dataclasses.replace(sample, gamma=own_gamma)]
+            if sample.modality == "multiview" and variant.view_branches == "both":
+                copies = [dataclasses.replace(sample, gamma=1.0), dataclasses.replace(sample, gamma=0.0)]
+            if variant.recoloured_views:  # a recoloured sample's gamma is variant.recoloured_gamma
+                copies[-1] = recoloured(copies[-1])  # with "both", the gamma 1 copy stays as it is
+            changed += [dataclasses.replace(c, references=tuple(reference(r) for r in c.references)) for c in copies]
         written.append(Path(out) / manifest.name)
         written[-1].parent.mkdir(parents=True, exist_ok=True)
         write_manifest(changed, written[-1])

@@ -87,7 +87,7 @@ def trained_adapters(size, variant, stages, facts, base_path, encoders_path, pro
     trained = {}
     for stage, role, recipe, modules in (runs[::-1] if in_second_lane else runs):
         folder = stages.folder(stage)
-        if not stages.current(stage, [dataclasses.asdict(size.adapters), dataclasses.asdict(recipe)], modules,
+        if not stages.current(stage, [dataclasses.asdict(size.adapters), recipe.settings()], modules,
                               ["data", "encoders", "base"]):
             log(f"{stage}: training with flexip_train's Trainer ({recipe.description or recipe.name})")
             manifests = data.variant_manifests(stages.folder("data"), recipe, folder / "manifests")

@@ -56,9 +56,11 @@ class Variant:
     taught on training subjects, at the multi-view samples' gamma (beyond the paper). recoloured_gamma: the
     gamma those recoloured samples train at (the manifest's per-sample gamma; None: the gate's).
     image_gamma: the gamma every image sample (target = reference) trains at, the same way (None: the
-    gate's alpha); view_gamma: likewise for every multi-view sample that is not recoloured. split_views:
-    instead, each such sample trains at its own gamma 1 or 0 by a fixed coin (data.view_branch), so that P
-    and S each learn alone from half of them."""
+    gate's alpha); view_gamma: likewise for every multi-view sample that is not recoloured. view_branches:
+    instead, "coin": each such sample trains at its own gamma 1 or 0 by a fixed coin (data.view_branch), so
+    that P and S each learn alone from half of them; "both": each multi-view pair is in the manifest twice,
+    at its own gamma 1 as it is and at 0 (recoloured where the pair is drawn for it), so that P and S each
+    learn alone from all of them."""
     name: str
     gate: dict
     image_captions: str = "own"
@@ -69,11 +71,17 @@ class Variant:
     recoloured_gamma: float | None = None
     image_gamma: float | None = None
     view_gamma: float | None = None
-    split_views: bool = False
+    view_branches: str | None = None
     description: str = ""
 
     def facts(self):
         return {"nano_variant": dataclasses.asdict(self)}
+
+    def settings(self):
+        """The fields that differ from their defaults, which is what a stage's stamp records: a field added
+        later then changes no existing variant's stamp."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "description" and getattr(self, f.name) != f.default}
 
 
 # CFG dropout: the paper's 5 % each, with the prompt dropped more often, so that the reference

@@ -52,7 +52,14 @@ VARIANTS = {v.name: v for v in (
             "alone on the edit pairs (gamma 0); the gate learns nothing"),
     # Round 8 (benchmarks/README.md, written before its results): P at full weight without an untrained S.
     Variant("subject-recolour-split", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
-            image_gamma=1.0, split_views=True, description="subject-recolour-decoupled with each ordinary multi-view "
+            image_gamma=1.0, view_branches="coin", description="subject-recolour-decoupled with each ordinary multi-view "
             "pair at its own gamma 1 or 0 by a fixed coin: P alone learns from the image samples and half of the "
             "pairs, S alone from the other half and the edit pairs"),
+    # Round 9 (benchmarks/README.md, written before its results): P and S each alone on every pair.
+    Variant("subject-recolour-both", FLEXIP_GATE, references="subject", recoloured_views=0.5, recoloured_gamma=0.0,
+            image_gamma=1.0, view_branches="both", description="subject-recolour-split with every multi-view pair "
+            "twice, at its own gamma 1 as it is and at 0 (recoloured where subject-recolour-s recolours it): P alone "
+            "learns from the image samples and every pair as the baseline does, S alone from every pair and the "
+            "edit pairs; at the same steps each copy is drawn half as often, so it needs twice the baseline's "
+            "passes (--adapter-steps)"),
 )}

@@ -173,3 +173,16 @@ def test_recoloured_views_teach_the_colour_conflict_on_training_subjects_only(tm
         assert own == dataclasses.replace(with_alone, gamma=data.view_branch(subject, scene, reference))
         branches.append(own.gamma)
     assert 0.4 < sum(branches) / len(branches) < 0.6, sum(branches) / len(branches)
+    # subject-recolour-both: every multi-view pair twice, as it is at gamma 1, and at gamma 0 as
+    # subject-recolour-s has it (recoloured where it recolours it)
+    both = data.variant_manifests(tmp_path, VARIANTS["subject-recolour-both"], tmp_path / "both")
+    assert read_manifest(both[0])[0] == read_manifest(ends[0])[0]
+    doubled, alone_views = read_manifest(both[1])[0], read_manifest(alone[1])[0]
+    assert len(doubled) == 2 * len(alone_views)
+    for with_alone, as_it_is, at_zero in zip(alone_views, doubled[0::2], doubled[1::2]):
+        if "/recoloured/" not in with_alone.target:
+            assert as_it_is == dataclasses.replace(with_alone, gamma=1.0)
+        assert as_it_is.gamma == 1.0 and "/recoloured/" not in as_it_is.target
+        assert as_it_is.references == with_alone.references
+        assert dataclasses.replace(at_zero, target=at_zero.target.replace("/both/", "/alone/")) == (
+            dataclasses.replace(with_alone, gamma=0.0))

@@ -12,3 +12,6 @@ def test_sized_applies_only_the_overrides_given():
     weighted = sized("ci", subject_weight=1.0, encoder_steps=50)
     assert weighted.adapters == dataclasses.replace(SIZES["ci"].adapters, subject_weight=1.0)
     assert weighted.encoder_steps == 50 and weighted.base_steps == SIZES["ci"].base_steps
+    both = sized("full", subject_weight=2.0, adapter_steps=4000)  # the adapters' steps, beside their other fields
+    assert both.adapters == dataclasses.replace(full.adapters, steps=4000, subject_weight=2.0)
+    assert dataclasses.replace(both, adapters=full.adapters) == full
